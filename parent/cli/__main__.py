@@ -1,0 +1,5 @@
+import sys
+
+from parent.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""What the parent and the enclave share: addresses, frames, messages and attestation documents."""

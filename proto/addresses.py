@@ -1,0 +1,279 @@
+"""Transport addresses (`vsock://CID:PORT`, `tcp://HOST:PORT`, `unix:///path`) and asyncio helpers.
+
+Enclave and parent code name their peers with these addresses so that the same code runs over
+AF_VSOCK on Nitro hardware and over unix sockets or TCP in tests and the local harness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import re
+import socket
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from proto.errors import AddressError
+
+VMADDR_CID_ANY = 0xFFFFFFFF
+VMADDR_CID_HOST = 2
+VMADDR_CID_PARENT = 3
+MAX_VSOCK_CID = 0xFFFFFFFF
+MAX_VSOCK_PORT = 0xFFFFFFFF
+MAX_TCP_PORT = 0xFFFF
+MAX_UNIX_PATH_BYTES = 107  # sizeof(sun_path) - 1 for the terminating NUL on Linux
+MAX_HOSTNAME_CHARS = 253
+
+_HOSTNAME = re.compile(
+    r"\A(?=.{1,253}\Z)[A-Za-z0-9_][A-Za-z0-9_-]{0,62}(?:\.[A-Za-z0-9_-]{1,63})*\.?\Z"
+)
+_DECIMAL = re.compile(r"\A[0-9]{1,10}\Z")
+
+
+@dataclass(frozen=True)
+class VsockAddress:
+    cid: int
+    port: int
+
+    def __post_init__(self) -> None:
+        _check_range("vsock CID", self.cid, MAX_VSOCK_CID)
+        _check_range("vsock port", self.port, MAX_VSOCK_PORT)
+
+    def __str__(self) -> str:
+        cid = "any" if self.cid == VMADDR_CID_ANY else str(self.cid)
+        return f"vsock://{cid}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TcpAddress:
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        _check_range("TCP port", self.port, MAX_TCP_PORT)
+        _check_host(self.host)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class UnixAddress:
+    path: str
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise AddressError("unix address has an empty path")
+        if "\0" in self.path:
+            raise AddressError("unix socket path contains a NUL byte")
+        if len(os.fsencode(self.path)) > MAX_UNIX_PATH_BYTES:
+            raise AddressError(
+                f"unix socket path is {len(os.fsencode(self.path))} bytes; "
+                f"the limit is {MAX_UNIX_PATH_BYTES}"
+            )
+
+    @property
+    def abstract(self) -> bool:
+        """Linux abstract-namespace socket, written `unix://@name`."""
+        return self.path.startswith("@")
+
+    def sockaddr(self) -> str | bytes:
+        return b"\0" + os.fsencode(self.path[1:]) if self.abstract else self.path
+
+    def __str__(self) -> str:
+        return f"unix://{self.path}"
+
+
+Address = VsockAddress | TcpAddress | UnixAddress
+
+
+def parse_address(text: str) -> Address:
+    """Parse `vsock://CID:PORT`, `tcp://HOST:PORT` or `unix://PATH` (`unix:///abs/path`).
+
+    A vsock CID may be `any` (VMADDR_CID_ANY). IPv6 hosts are written in brackets. Raises
+    AddressError naming what is wrong.
+    """
+    if not isinstance(text, str):
+        raise AddressError(f"address must be a string, not {type(text).__name__}")
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        raise AddressError(
+            f"address {text!r} has no scheme; expected vsock://CID:PORT, tcp://HOST:PORT "
+            "or unix:///path"
+        )
+    scheme = scheme.lower()
+    if scheme == "unix":
+        return UnixAddress(rest)
+    if scheme not in ("vsock", "tcp"):
+        raise AddressError(f"unknown address scheme {scheme!r} in {text!r}; use vsock, tcp or unix")
+    host, port_text = _split_host_port(text, rest)
+    if scheme == "vsock":
+        return VsockAddress(_parse_cid(text, host), _parse_int(text, "port", port_text))
+    return TcpAddress(host, _parse_int(text, "port", port_text))
+
+
+def format_address(address: Address) -> str:
+    return str(address)
+
+
+def _split_host_port(text: str, rest: str) -> tuple[str, str]:
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket or not tail.startswith(":"):
+            raise AddressError(f"address {text!r}: expected [IPV6]:PORT")
+        return host, tail[1:]
+    host, sep, port_text = rest.rpartition(":")
+    if not sep:
+        raise AddressError(f"address {text!r} has no port")
+    if not host:
+        raise AddressError(f"address {text!r} has no host")
+    if ":" in host:
+        raise AddressError(f"address {text!r}: write IPv6 hosts in brackets, as [::1]:PORT")
+    return host, port_text
+
+
+def _parse_cid(text: str, value: str) -> int:
+    if value.lower() == "any":
+        return VMADDR_CID_ANY
+    return _parse_int(text, "CID", value)
+
+
+def _parse_int(text: str, what: str, value: str) -> int:
+    if not _DECIMAL.match(value):
+        raise AddressError(f"address {text!r}: {what} {value!r} is not a decimal number")
+    return int(value)
+
+
+def _check_range(what: str, value: int, maximum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise AddressError(f"{what} must be an integer, not {type(value).__name__}")
+    if not 0 <= value <= maximum:
+        raise AddressError(f"{what} {value} is out of range 0..{maximum}")
+
+
+def _check_host(host: str) -> None:
+    if not isinstance(host, str) or not host:
+        raise AddressError("TCP address has an empty host")
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return
+    if not _HOSTNAME.match(host):
+        raise AddressError(f"{host!r} is not a valid host name or IP address")
+
+
+# --- sockets ---------------------------------------------------------------------------------
+
+StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+ClientCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def _vsock_socket() -> socket.socket:
+    family = getattr(socket, "AF_VSOCK", None)
+    if family is None:
+        raise AddressError("this platform has no AF_VSOCK sockets")
+    return socket.socket(family, socket.SOCK_STREAM)
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    """Unlink a socket file left by an earlier run; refuse to clobber anything else."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise AddressError(f"{path} exists and is not a socket")
+    os.unlink(path)
+
+
+async def open_connection(address: Address, **kwargs: Any) -> StreamPair:
+    """Connect to `address` and return asyncio streams. Raises OSError when the peer is absent."""
+    if isinstance(address, TcpAddress):
+        return await asyncio.open_connection(address.host, address.port, **kwargs)
+    if isinstance(address, UnixAddress):
+        if address.abstract:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, address.sockaddr())
+            except BaseException:
+                sock.close()
+                raise
+            return await asyncio.open_unix_connection(sock=sock, **kwargs)
+        return await asyncio.open_unix_connection(address.path, **kwargs)
+    sock = _vsock_socket()
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (address.cid, address.port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock, **kwargs)
+
+
+async def start_server(
+    callback: ClientCallback, address: Address, **kwargs: Any
+) -> asyncio.AbstractServer:
+    """Listen on `address`, calling `callback(reader, writer)` for every connection.
+
+    A TCP port of 0 picks a free port; read it back with `bound_address(server)`. A stale unix
+    socket file is replaced.
+    """
+    if isinstance(address, TcpAddress):
+        return await asyncio.start_server(callback, address.host, address.port, **kwargs)
+    if isinstance(address, UnixAddress):
+        if address.abstract:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(address.sockaddr())
+            return await asyncio.start_unix_server(callback, sock=sock, **kwargs)
+        _remove_stale_unix_socket(address.path)
+        return await asyncio.start_unix_server(callback, address.path, **kwargs)
+    sock = _vsock_socket()
+    try:
+        sock.bind((address.cid, address.port))
+        sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.start_server(callback, sock=sock, **kwargs)
+
+
+def bound_address(server: asyncio.AbstractServer) -> Address:
+    """The address a server from `start_server` actually listens on (resolves TCP port 0)."""
+    sockets = getattr(server, "sockets", ())
+    if not sockets:
+        raise AddressError("server is not listening")
+    sock = sockets[0]
+    name = sock.getsockname()
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        return TcpAddress(name[0], name[1])
+    if sock.family == socket.AF_UNIX:
+        if isinstance(name, bytes):
+            return UnixAddress("@" + os.fsdecode(name[1:]))
+        return UnixAddress(name)
+    return VsockAddress(name[0], name[1])
+
+
+def connect_socket(address: Address, timeout_s: float | None = None) -> socket.socket:
+    """Blocking connect, for synchronous callers. Raises OSError (or TimeoutError)."""
+    sock: socket.socket
+    if isinstance(address, TcpAddress):
+        return socket.create_connection((address.host, address.port), timeout=timeout_s)
+    if isinstance(address, UnixAddress):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: Any = address.sockaddr()
+    else:
+        sock = _vsock_socket()
+        target = (address.cid, address.port)
+    try:
+        sock.settimeout(timeout_s)
+        sock.connect(target)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
