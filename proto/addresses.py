@@ -19,6 +19,23 @@ from typing import Any
 
 from proto.errors import AddressError
 
+__all__ = [
+    "VMADDR_CID_ANY",
+    "VMADDR_CID_HOST",
+    "VMADDR_CID_PARENT",
+    "Address",
+    "AddressError",
+    "TcpAddress",
+    "UnixAddress",
+    "VsockAddress",
+    "bound_address",
+    "connect_socket",
+    "format_address",
+    "open_connection",
+    "parse_address",
+    "start_server",
+]
+
 VMADDR_CID_ANY = 0xFFFFFFFF
 VMADDR_CID_HOST = 2
 VMADDR_CID_PARENT = 3
@@ -29,7 +46,8 @@ MAX_UNIX_PATH_BYTES = 107  # sizeof(sun_path) - 1 for the terminating NUL on Lin
 MAX_HOSTNAME_CHARS = 253
 
 _HOSTNAME = re.compile(
-    r"\A(?=.{1,253}\Z)[A-Za-z0-9_][A-Za-z0-9_-]{0,62}(?:\.[A-Za-z0-9_-]{1,63})*\.?\Z"
+    r"\A(?=.{1,253}\Z)(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+    r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?\Z"
 )
 _DECIMAL = re.compile(r"\A[0-9]{1,10}\Z")
 

@@ -46,7 +46,18 @@ class BadRequest:
 ServerEvent = Request | BadRequest
 
 
-class ClientConnection:
+class _Deferring:
+    """A stream error found after some complete messages is raised on the next call, so the
+    messages that arrived intact are still delivered."""
+
+    _deferred: RemoteProtocolError | None = None
+
+    def _raise_deferred(self) -> None:
+        if self._deferred is not None:
+            raise self._deferred
+
+
+class ClientConnection(_Deferring):
     def __init__(
         self,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
@@ -93,18 +104,22 @@ class ClientConnection:
         Replies to cancelled requests are dropped. Raises RemoteProtocolError on a broken stream, a
         reply to an id never sent, or a reply whose operation does not match the request.
         """
-        self._decoder.feed(data)
+        self._raise_deferred()
         responses: list[Response] = []
-        for frame in self._decoder.frames():
-            response = decode_response(frame)
-            if response.id is None:
-                responses.append(response)
-                continue
-            if self._accept(response):
-                responses.append(response)
+        try:
+            self._decoder.feed(data)
+            for frame in self._decoder.frames():
+                response = decode_response(frame)
+                if response.id is None or self._accept(response):
+                    responses.append(response)
+        except RemoteProtocolError as exc:
+            if not responses:
+                raise
+            self._deferred = exc  # deliver what arrived intact first; fail on the next call
         return responses
 
     def receive_eof(self) -> None:
+        self._raise_deferred()
         self._decoder.feed_eof()
 
     def _accept(self, response: Response) -> bool:
@@ -121,7 +136,7 @@ class ClientConnection:
         return True
 
 
-class ServerConnection:
+class ServerConnection(_Deferring):
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self._decoder = FrameDecoder(max_frame_bytes)
         self._max_frame_bytes = max_frame_bytes
@@ -132,20 +147,27 @@ class ServerConnection:
         Raises RemoteProtocolError when the stream itself is broken: answer with
         `error_reply_for(exc)` and close.
         """
-        self._decoder.feed(data)
+        self._raise_deferred()
         events: list[ServerEvent] = []
-        for frame in self._decoder.frames():
-            try:
-                events.append(decode_request(frame))
-            except RequestDecodeError as exc:
-                if exc.request_id is None:
-                    raise
-                events.append(
-                    BadRequest(ErrorReply(exc.request_id, exc.operation, exc.code, exc.message))
-                )
+        try:
+            self._decoder.feed(data)
+            for frame in self._decoder.frames():
+                try:
+                    events.append(decode_request(frame))
+                except RequestDecodeError as exc:
+                    if exc.request_id is None:
+                        raise
+                    events.append(
+                        BadRequest(ErrorReply(exc.request_id, exc.operation, exc.code, exc.message))
+                    )
+        except RemoteProtocolError as exc:
+            if not events:
+                raise
+            self._deferred = exc  # answer the intact requests first; fail on the next call
         return events
 
     def receive_eof(self) -> None:
+        self._raise_deferred()
         self._decoder.feed_eof()
 
     def send_reply(self, request_id: int, result: Body) -> bytes:

@@ -70,26 +70,31 @@ class FrameDecoder:
         self._parse_header()
 
     def feed_eof(self) -> None:
-        """Mark the end of the stream. Raises RemoteProtocolError if a frame was cut short."""
+        """Mark the end of the stream. Raises RemoteProtocolError if a frame was cut short (here,
+        or from `next_frame` once the complete frames before the cut have been taken)."""
         self._raise_if_failed()
         self._eof = True
         if self._buffer and not self._has_complete_frame():
-            self._fail(
-                f"stream ended inside a frame ({len(self._buffer)} bytes buffered)",
-                TRUNCATED_FRAME,
-            )
+            self._fail_truncated()
+
+    def _fail_truncated(self) -> None:
+        self._fail(
+            f"stream ended inside a frame ({len(self._buffer)} bytes buffered)", TRUNCATED_FRAME
+        )
 
     def next_frame(self) -> bytes | None:
         """The next complete frame body, or None when more data is needed."""
         self._raise_if_failed()
+        self._parse_header()
         if not self._has_complete_frame():
+            if self._eof and self._buffer:
+                self._fail_truncated()
             return None
         assert self._expected is not None
         end = HEADER_BYTES + self._expected
         body = bytes(self._buffer[HEADER_BYTES:end])
         del self._buffer[:end]
         self._expected = None
-        self._parse_header()
         return body
 
     def frames(self) -> Iterator[bytes]:

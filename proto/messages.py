@@ -14,6 +14,7 @@ bad message built on this side raises LocalProtocolError.
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -400,14 +401,21 @@ def _reject_tag(tag: cbor2.CBORTag, immutable: bool) -> object:
 
 
 def _load_envelope(data: bytes) -> dict[Any, Any]:
+    stream = io.BytesIO(data)
     try:
-        envelope = cbor2.loads(
-            data, max_depth=MAX_CBOR_DEPTH, allow_duplicate_keys=False, tag_hook=_reject_tag
+        decoder = cbor2.CBORDecoder(
+            stream, max_depth=MAX_CBOR_DEPTH, allow_duplicate_keys=False, tag_hook=_reject_tag
         )
+        envelope = decoder.decode()
     except RemoteProtocolError:
         raise
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise RemoteProtocolError(f"undecodable CBOR: {exc}", code=MALFORMED_MESSAGE) from None
+    if stream.tell() != len(data):
+        raise RemoteProtocolError(
+            f"{len(data) - stream.tell()} bytes of trailing data after the message",
+            code=MALFORMED_MESSAGE,
+        )
     if not isinstance(envelope, dict):
         raise RemoteProtocolError("message is not a CBOR map", code=MALFORMED_MESSAGE)
     version = envelope.get("v")
