@@ -21,7 +21,13 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Compiled helpers the tests and the harness need.
-build: venv
+NSM_PRELOAD := build/libnsmsim.so
+
+build: venv $(NSM_PRELOAD)
+
+$(NSM_PRELOAD): tests/harness/nsm/preload.c
+	mkdir -p $(@D)
+	gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o $@ $< -ldl -lpthread
 
 lint: venv
 	$(VENV)/bin/ruff check .
