@@ -1,0 +1,149 @@
+"""Fuzz invariants of the decoders that face untrusted bytes: blob, SigV4 header, Recipient."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.harness.kms import crypto
+from tests.harness.kms.auth import Credential, ReceivedRequest, SigV4Verifier
+from tests.harness.kms.exceptions import (
+    InvalidCiphertextException,
+    KMSServiceError,
+    ValidationException,
+)
+from tests.harness.kms.recipient import RecipientReader
+from tests.harness.nsm.pki import SimulatedPKI
+
+MATERIAL = bytes(range(32))
+KEY_ID = str(uuid.UUID(int=7))
+
+
+def test_blob_round_trip_and_context_binding() -> None:
+    blob = crypto.seal(MATERIAL, KEY_ID, b"payload", {"b": "2", "a": "1"})
+    assert crypto.blob_key_id(blob) == KEY_ID
+    assert crypto.open_blob(MATERIAL, blob, {"a": "1", "b": "2"}) == b"payload"
+    for context in (None, {"a": "1"}, {"a": "1", "b": "3"}):
+        with pytest.raises(InvalidCiphertextException):
+            crypto.open_blob(MATERIAL, blob, context)
+
+
+def test_blob_key_id_is_authenticated() -> None:
+    blob = bytearray(crypto.seal(MATERIAL, KEY_ID, b"payload", None))
+    blob[5] ^= 1
+    with pytest.raises(InvalidCiphertextException):
+        crypto.open_blob(MATERIAL, bytes(blob), None)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200) | st.binary(max_size=100).map(lambda b: crypto.MAGIC + b"\x01" + b))
+def test_any_bytes_open_or_are_invalid_ciphertext(data: bytes) -> None:
+    try:
+        crypto.open_blob(MATERIAL, data, None)
+    except InvalidCiphertextException:
+        return
+    pytest.fail("random bytes decrypted")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_one_flipped_bit_anywhere_is_invalid_ciphertext(data: st.DataObject) -> None:
+    blob = bytearray(crypto.seal(MATERIAL, KEY_ID, b"some plaintext", {"k": "v"}))
+    index = data.draw(st.integers(0, len(blob) * 8 - 1))
+    blob[index // 8] ^= 1 << (index % 8)
+    with pytest.raises(InvalidCiphertextException):
+        crypto.open_blob(MATERIAL, bytes(blob), {"k": "v"})
+
+
+VERIFIER = SigV4Verifier([Credential("AKID", "secret")], region="us-east-1")
+header_text = st.text(max_size=200) | st.builds(
+    lambda a, b, c: f"AWS4-HMAC-SHA256 Credential={a}, SignedHeaders={b}, Signature={c}",
+    st.text(max_size=60),
+    st.text(max_size=30),
+    st.text(max_size=70),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(header_text, st.text(max_size=20), st.binary(max_size=50))
+def test_any_authorization_header_is_a_kms_error(
+    authorization: str, date: str, body: bytes
+) -> None:
+    request = ReceivedRequest(
+        "POST", "/", [("Authorization", authorization), ("X-Amz-Date", date)], body
+    )
+    with pytest.raises(KMSServiceError):
+        VERIFIER.authenticate(request)
+
+
+READER_PKI = SimulatedPKI.ephemeral()
+READER = RecipientReader(READER_PKI.root_certificate_pem)
+recipient_values = (
+    st.none()
+    | st.text(max_size=20)
+    | st.dictionaries(
+        st.sampled_from(["KeyEncryptionAlgorithm", "AttestationDocument", "x"]),
+        st.none()
+        | st.integers()
+        | st.sampled_from(["RSAES_OAEP_SHA_256", "RSAES_OAEP_SHA_1"])
+        | st.binary(max_size=300).map(lambda b: base64.b64encode(b).decode())
+        | st.text(max_size=30),
+    )
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(recipient_values)
+def test_any_recipient_value_is_read_or_a_validation_error(raw: Any) -> None:
+    with pytest.raises(ValidationException):
+        READER.read(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_corrupted_document_is_read_or_a_validation_error(data: st.DataObject) -> None:
+    document = bytearray(_valid_document())
+    index = data.draw(st.integers(0, len(document) - 1))
+    document[index] = data.draw(st.integers(0, 255))
+    raw = {
+        "KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
+        "AttestationDocument": base64.b64encode(bytes(document)).decode(),
+    }
+    try:
+        recipient = READER.read(raw)
+    except ValidationException:
+        return
+    assert not recipient.verified or bytes(document) == _valid_document()
+
+
+_DOCUMENT: list[bytes] = []
+
+
+def _valid_document() -> bytes:
+    if not _DOCUMENT:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        spki = (
+            rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        _DOCUMENT.append(
+            READER_PKI.sign_document(
+                module_id="i-0123456789abcdef0-enc0123456789abcdef",
+                timestamp_ms=int(__import__("time").time() * 1000),
+                pcrs={i: bytes(48) for i in range(16)},
+                public_key=spki,
+                user_data=None,
+                nonce=None,
+            )
+        )
+    return _DOCUMENT[0]
