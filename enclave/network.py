@@ -1,0 +1,349 @@
+"""In-enclave networking: the loopback interface and the HTTP CONNECT listener for KMS.
+
+An enclave has no network, only vsock, and its init leaves `lo` down. botocore inside the enclave
+reaches KMS through its own proxy support: `Config(proxies={"https": "http://127.0.0.1:PORT"})`
+makes it send `CONNECT kms.<region>.amazonaws.com:443` to `ConnectProxy`, which accepts only that
+target, opens a stream to the parent relay (vsock CID 3 port 8000 by default; a unix socket in
+tests) and pipes bytes both ways. botocore then runs TLS through the tunnel with the real hostname
+in SNI and verifies the certificate and hostname inside the enclave, so the parent stays a dumb pipe
+that sees only ciphertext. This needs no /etc/hosts edits and no DNS inside the enclave, and no
+re-signing or TLS termination anywhere.
+
+`ConnectProxy` is an asyncio server for a service that runs its own loop; `ThreadedConnectProxy`
+runs one in a thread with its own loop (`start()` returns once it listens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from enclave.errors import EnclaveError
+from proto.addresses import Address, VsockAddress, open_connection
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RELAY = VsockAddress(3, 8000)
+KMS_PORT = 443
+MAX_HEADER_BYTES = 16 * 1024
+STREAM_LIMIT_BYTES = 64 * 1024
+CHUNK_BYTES = 64 * 1024
+HEADER_TIMEOUT_S = 10.0
+UPSTREAM_CONNECT_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 256
+START_TIMEOUT_S = 10.0
+IP_COMMAND_TIMEOUT_S = 5.0
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+_IFREQ = struct.Struct("16sH22x")
+
+
+class NetworkError(EnclaveError):
+    """In-enclave network setup failed (loopback, listener)."""
+
+    default_code = "enclave.NetworkSetupFailed"
+
+
+# --- loopback ------------------------------------------------------------------------------------
+
+
+def _interface_flags(sock: socket.socket, name: str) -> int:
+    request = _IFREQ.pack(name.encode(), 0)
+    flags: int = _IFREQ.unpack(fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, request))[1]
+    return flags
+
+
+def interface_is_up(name: str = "lo") -> bool:
+    """Whether `name` has IFF_UP. Raises NetworkError when the interface does not exist."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            return bool(_interface_flags(sock, name) & IFF_UP)
+    except OSError as exc:
+        raise NetworkError(f"cannot read the flags of interface {name}: {exc.strerror}") from None
+
+
+def _set_up_with_ioctl(name: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        flags = _interface_flags(sock, name)
+        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, _IFREQ.pack(name.encode(), flags | IFF_UP))
+
+
+def _set_up_with_ip(ip: str, name: str) -> bool:
+    try:
+        result = subprocess.run(
+            [ip, "link", "set", name, "up"],
+            capture_output=True,
+            timeout=IP_COMMAND_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+def bring_up_loopback(name: str = "lo", *, use_ip_command: bool = True) -> bool:
+    """Bring `name` up, with `ip link set NAME up` when `ip` exists, else SIOCSIFFLAGS.
+
+    Returns False when it was already up (nothing done), True when it brought it up. Raises
+    NetworkError when it cannot (no such interface, or no CAP_NET_ADMIN).
+    """
+    if interface_is_up(name):
+        return False
+    ip = shutil.which("ip") if use_ip_command else None
+    if ip is None or not _set_up_with_ip(ip, name):
+        try:
+            _set_up_with_ioctl(name)
+        except OSError as exc:
+            hint = " (needs CAP_NET_ADMIN)" if exc.errno == errno.EPERM else ""
+            raise NetworkError(f"cannot bring {name} up: {exc.strerror}{hint}") from None
+    if not interface_is_up(name):
+        raise NetworkError(f"{name} is still down after bringing it up")
+    return True
+
+
+def kms_endpoint(region: str, endpoint_url: str | None = None) -> tuple[str, int]:
+    """The (host, port) botocore will CONNECT to for KMS: `endpoint_url`'s, or the regional one
+    (`kms.<region>.amazonaws.com`, `.amazonaws.com.cn` for China regions). Raises NetworkError
+    for an endpoint URL that is not https://HOST[:PORT]."""
+    if endpoint_url is None:
+        suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+        return f"kms.{region}.{suffix}", KMS_PORT
+    try:
+        parts = urlsplit(endpoint_url)
+        port = parts.port or KMS_PORT
+    except ValueError as exc:
+        raise NetworkError(f"bad KMS endpoint URL {endpoint_url!r}: {exc}") from None
+    if parts.scheme != "https" or not parts.hostname:
+        raise NetworkError(f"KMS endpoint URL must be https://HOST[:PORT], not {endpoint_url!r}")
+    return parts.hostname, port
+
+
+# --- CONNECT request parsing (pure) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConnectDecision:
+    """What to answer a proxy request: `status` 200 means tunnel to the relay."""
+
+    status: int
+    reason: str
+
+
+def decide_connect(head: bytes, allowed_host: str, allowed_port: int = KMS_PORT) -> ConnectDecision:
+    """Judge one request head (request line and headers, CRLF CRLF included)."""
+    line = head.split(b"\r\n", 1)[0]
+    parts = line.split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        return ConnectDecision(400, "Bad Request")
+    method, target = parts[0], parts[1]
+    if method != b"CONNECT":
+        return ConnectDecision(405, "Method Not Allowed")
+    host, sep, port = target.decode("ascii", "replace").rpartition(":")
+    if not sep or not port.isdigit():
+        return ConnectDecision(400, "Bad Request")
+    if host.rstrip(".").lower() != allowed_host.rstrip(".").lower() or int(port) != allowed_port:
+        return ConnectDecision(403, "Forbidden")
+    return ConnectDecision(200, "Connection established")
+
+
+def _status_line(decision: ConnectDecision) -> bytes:
+    extra = b"" if decision.status == 200 else b"Content-Length: 0\r\nConnection: close\r\n"
+    return f"HTTP/1.1 {decision.status} {decision.reason}\r\n".encode() + extra + b"\r\n"
+
+
+# --- the listener --------------------------------------------------------------------------------
+
+
+class ConnectProxy:
+    """An asyncio HTTP CONNECT listener that tunnels only `kms_host:kms_port` to the relay."""
+
+    def __init__(
+        self,
+        kms_host: str,
+        *,
+        relay: Address = DEFAULT_RELAY,
+        listen_host: str = "127.0.0.1",
+        port: int = 0,
+        kms_port: int = KMS_PORT,
+        max_connections: int = MAX_CONNECTIONS,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
+        connect_timeout_s: float = UPSTREAM_CONNECT_TIMEOUT_S,
+    ) -> None:
+        self.kms_host, self.kms_port, self.relay = kms_host, kms_port, relay
+        self.listen_host, self._requested_port = listen_host, port
+        self.max_connections = max_connections
+        self.header_timeout_s, self.connect_timeout_s = header_timeout_s, connect_timeout_s
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{self.listen_host}:{self.port}"
+
+    async def start(self) -> None:
+        """Listen. Raises NetworkError if the address cannot be bound."""
+        try:
+            self._server = await asyncio.start_server(
+                self._accept, self.listen_host, self._requested_port, limit=STREAM_LIMIT_BYTES
+            )
+        except OSError as exc:
+            raise NetworkError(
+                f"cannot listen on {self.listen_host}:{self._requested_port}: {exc.strerror}"
+            ) from None
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        """Stop listening and cut every tunnel."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._tasks) >= self.max_connections:
+            writer.write(_status_line(ConnectDecision(503, "Service Unavailable")))
+            await _close(writer)
+            return
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            log.debug("tunnel ended: %s", exc)
+        finally:
+            self._tasks.discard(task)
+            await _close(writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await self._read_head(reader)
+        if head is None:
+            writer.write(_status_line(ConnectDecision(400, "Bad Request")))
+            return
+        decision = decide_connect(head, self.kms_host, self.kms_port)
+        if decision.status != 200:
+            log.warning("refused proxy request: %s", head.split(b"\r\n", 1)[0][:200])
+            writer.write(_status_line(decision))
+            return
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                up_reader, up_writer = await open_connection(self.relay, limit=STREAM_LIMIT_BYTES)
+        except (OSError, TimeoutError) as exc:
+            log.warning("relay %s unreachable: %s", self.relay, exc)
+            writer.write(_status_line(ConnectDecision(502, "Bad Gateway")))
+            return
+        writer.write(_status_line(decision))
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            await _close(up_writer)
+
+    async def _read_head(self, reader: asyncio.StreamReader) -> bytes | None:
+        try:
+            async with asyncio.timeout(self.header_timeout_s):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            return None
+        return head if len(head) <= MAX_HEADER_BYTES else None
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    """Copy until EOF, then half-close the sink; a broken side aborts the sink too."""
+    try:
+        while chunk := await source.read(CHUNK_BYTES):
+            sink.write(chunk)
+            await sink.drain()
+        if sink.can_write_eof() and not sink.is_closing():
+            sink.write_eof()
+    except OSError:
+        sink.transport.abort()
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError, asyncio.CancelledError):
+        await writer.wait_closed()
+
+
+class ThreadedConnectProxy:
+    """A ConnectProxy on its own event loop in a daemon thread."""
+
+    def __init__(self, proxy: ConnectProxy) -> None:
+        self._proxy = proxy
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def port(self) -> int:
+        return self._proxy.port
+
+    @property
+    def proxy_url(self) -> str:
+        return self._proxy.proxy_url
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Start and return once listening. Raises NetworkError if it cannot listen."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="kms-connect-proxy", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise NetworkError("the KMS CONNECT listener did not start in time")
+        if self._error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._error
+
+    def stop(self) -> None:
+        """Stop listening, cut tunnels and join the thread. Idempotent."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        thread.join()
+
+    def __enter__(self) -> ThreadedConnectProxy:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        try:
+            await self._proxy.start()
+        except NetworkError as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self._proxy.close()

@@ -1,0 +1,56 @@
+"""Run inside `unshare -n` and `nsm run`: the enclave side of an attested fetch, production code.
+
+Prints `OK <bytes>` on success. Credentials come from the environment, standing in for the
+parent's SetCredentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from enclave.keypool import RecipientKeyPool
+from enclave.kms import EnclaveKMS
+from enclave.network import ConnectProxy, ThreadedConnectProxy, bring_up_loopback, interface_is_up
+from enclave.nsm.client import NSMClient
+from proto.addresses import parse_address
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--relay", required=True)
+    parser.add_argument("--ca", required=True)
+    parser.add_argument("--key-id", required=True)
+    parser.add_argument("--region", default="us-east-1")
+    args = parser.parse_args(argv)
+    if interface_is_up("lo"):
+        print("lo was already up: not an isolated namespace", file=sys.stderr)
+        return 3
+    assert bring_up_loopback() is True
+    assert bring_up_loopback() is False
+    host = f"kms.{args.region}.amazonaws.com"
+    with (
+        NSMClient.open() as nsm,
+        RecipientKeyPool(size=1) as pool,
+        ThreadedConnectProxy(ConnectProxy(host, relay=parse_address(args.relay))) as listener,
+    ):
+        kms = EnclaveKMS(
+            args.region,
+            endpoint_url=f"https://{host}",
+            ca_bundle=args.ca,
+            proxy_url=listener.proxy_url,
+            attestor=nsm.get_attestation_doc,
+            pool=pool,
+        )
+        kms.set_credentials(
+            os.environ["PROBE_ACCESS_KEY_ID"], os.environ["PROBE_SECRET_ACCESS_KEY"]
+        )
+        made = kms.generate_data_key(args.key_id)
+        assert kms.decrypt(made.ciphertext_blob).plaintext == made.plaintext
+        print(f"OK {len(made.plaintext)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
