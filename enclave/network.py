@@ -228,6 +228,10 @@ class ConnectProxy:
             await self._serve(reader, writer)
         except (OSError, asyncio.IncompleteReadError) as exc:
             log.debug("tunnel ended: %s", exc)
+        except asyncio.CancelledError:
+            # close() cut this tunnel. End the task normally: Python 3.11's stream callback
+            # calls task.exception() on it and would log a spurious error for a cancelled task.
+            pass
         finally:
             self._tasks.discard(task)
             await _close(writer)

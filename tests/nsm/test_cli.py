@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from pathlib import Path
 
@@ -138,3 +139,37 @@ def test_bad_public_key_file_is_reported(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert "not a SubjectPublicKeyInfo" in result.stderr.decode()
+
+
+def test_run_forwards_sigterm_to_the_command(preload_library: Path, tmp_path: Path) -> None:
+    script = (
+        "import signal, sys\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(42))\n"
+        "print('ready', flush=True)\n"
+        "signal.pause()\n"
+    )
+    proc = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "tests.harness",
+            "nsm",
+            "run",
+            "--state",
+            str(tmp_path),
+            "--",
+            PYTHON,
+            "-c",
+            script,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
+    with proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == b"ready\n"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 42
+        finally:
+            proc.kill()

@@ -53,13 +53,26 @@ def _run(args: argparse.Namespace) -> int:
             print(f"nsm run: cannot run {cmd[0]}: {exc.strerror or exc}", file=sys.stderr)
             return 127 if isinstance(exc, FileNotFoundError) else 126
         with child:
-            while True:
-                try:
-                    code = child.wait()
-                    break
-                except KeyboardInterrupt:
-                    child.send_signal(signal.SIGINT)
+            code = _wait_forwarding_signals(child)
     return 128 - code if code < 0 else code
+
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> int:
+    """Wait for `child`, passing on the signals a supervisor uses to stop us (so `nsm run` can
+    wrap a service under systemd or a test harness and still stop it cleanly)."""
+
+    def forward(signum: int, _frame: object) -> None:
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str]) -> int:
