@@ -1,0 +1,332 @@
+"""The relay: accept a client, connect upstream, copy bytes both ways; never look inside them.
+
+No threads and no coroutine per chunk: each side is an asyncio Protocol whose `data_received`
+hands the bytes straight to the other side's transport (cheaper than stream pumps, which copy
+every chunk twice and resume a coroutine per read). Backpressure uses the transports' own flow control: when
+one side's write buffer passes its high-water mark the other side stops reading, so a slow reader
+costs at most WRITE_HIGH_WATER_BYTES plus one read (256 KiB) per direction and stalls only its own
+pair. EOF on one side becomes `write_eof()` (shutdown SHUT_WR) on the other while the opposite
+direction keeps flowing; an error on either side aborts the pair.
+
+Listening goes through `proto.addresses.start_server` with a plain (non-coroutine) callback, which
+asyncio calls from `connection_made`, before any data arrives; it moves the transport to our
+protocol with the public `set_protocol`, so no stream buffer ever holds client bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any, cast
+
+from parent.proxy.errors import ResolveError, UpstreamError
+from parent.proxy.logs import event
+from parent.proxy.metrics import Metrics
+from parent.proxy.resolver import Resolver
+from proto.addresses import Address, ClientCallback, bound_address, start_server
+
+WRITE_HIGH_WATER_BYTES = 256 * 1024
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+DEFAULT_IDLE_TIMEOUT_S = 600.0
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """Where to relay to and the per-connection limits. `idle_timeout_s=None` disables it."""
+
+    remote_host: str
+    remote_port: int
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    idle_timeout_s: float | None = DEFAULT_IDLE_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+    def __post_init__(self) -> None:
+        if not 0 < self.remote_port <= 0xFFFF:
+            raise ValueError(f"remote port {self.remote_port} is out of range 1..65535")
+        if self.connect_timeout_s <= 0:
+            raise ValueError("connect timeout must be positive")
+        if self.idle_timeout_s is not None and self.idle_timeout_s <= 0:
+            raise ValueError("idle timeout must be positive")
+        if self.max_connections < 1:
+            raise ValueError("max connections must be at least 1")
+
+
+class Relay:
+    """A listening relay. Use `await start(address)`, then `drain()` or `aclose()` to stop."""
+
+    def __init__(
+        self,
+        settings: RelaySettings,
+        resolver: Resolver | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.resolver = resolver or Resolver()
+        self.metrics = metrics or Metrics()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._open: set[_Pair] = set()
+        self._ids = itertools.count(1)
+        self._accepting = False
+
+    @property
+    def address(self) -> Address:
+        if self._server is None:
+            raise RuntimeError("relay is not listening")
+        return bound_address(self._server)
+
+    def buffered_bytes(self) -> int:
+        """Bytes read but not yet handed to the kernel, across all pairs (bounded by design)."""
+        return sum(pair.buffered_bytes() for pair in self._open)
+
+    async def start(self, listen: Address) -> Address:
+        """Listen on `listen` and return the bound address. Raises OSError or AddressError."""
+        self._server = await start_server(cast(ClientCallback, self._accept), listen)
+        self._accepting = True
+        return self.address
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; open pairs carry on."""
+        self._accepting = False
+        if self._server is not None:
+            self._server.close()
+
+    async def drain(self, timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> int:
+        """Stop accepting, let open pairs finish for up to `timeout_s`, then abort the rest.
+
+        Returns how many pairs had to be aborted.
+        """
+        self.stop_accepting()
+        pending = set(self._tasks)
+        if pending and timeout_s > 0:
+            _, pending = await asyncio.wait(pending, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        return len(pending)
+
+    async def aclose(self) -> None:
+        await self.drain(0)
+
+    async def __aenter__(self) -> Relay:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Called synchronously from connection_made: take the transport over at once."""
+        transport = cast(asyncio.Transport, writer.transport)
+        conn_id = next(self._ids)
+        peer = _peer_name(transport)
+        if not self._accepting or self.metrics.active >= self.settings.max_connections:
+            self.metrics.refused += 1
+            reason = "draining" if not self._accepting else "max_connections"
+            event(logging.WARNING, "connection.refused", conn=conn_id, peer=peer, reason=reason)
+            transport.abort()
+            return
+        self.metrics.accepted += 1
+        self.metrics.active += 1
+        pair = _Pair(self.metrics, self.settings.idle_timeout_s, writer)
+        transport.set_protocol(pair.client)
+        pair.client.connection_made(transport)
+        task = asyncio.get_running_loop().create_task(self._serve(conn_id, peer, pair))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, conn_id: int, peer: str, pair: _Pair) -> None:
+        self._open.add(pair)
+        try:
+            try:
+                await self._connect(pair)
+            except UpstreamError as exc:
+                event(
+                    logging.WARNING,
+                    "upstream.failed",
+                    conn=conn_id,
+                    peer=peer,
+                    code=exc.code,
+                    error=exc.message,
+                )
+                pair.abort()
+                return
+            pair.start()
+            await pair.finished
+        except asyncio.CancelledError:
+            pair.abort("cancelled")
+            raise
+        finally:
+            self.metrics.active -= 1
+            self._open.discard(pair)
+            event(
+                logging.DEBUG,
+                "connection.closed",
+                conn=conn_id,
+                peer=peer,
+                to_upstream=pair.sent[0],
+                to_client=pair.sent[1],
+                reason=pair.end_reason,
+            )
+
+    async def _connect(self, pair: _Pair) -> None:
+        """Resolve (cached) and connect upstream. Raises UpstreamError, counted by reason."""
+        host, port = self.settings.remote_host, self.settings.remote_port
+        try:
+            ip = await self.resolver.resolve(host)
+        except ResolveError as exc:
+            self.metrics.upstream_failed("resolve")
+            raise UpstreamError(exc.message, code=exc.code) from exc
+        target = f"{ip}:{port}"
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: pair.upstream, str(ip), port),
+                self.settings.connect_timeout_s,
+            )
+        except TimeoutError as exc:
+            self.metrics.upstream_failed("timeout")
+            raise UpstreamError(
+                f"connect to {target} timed out after {self.settings.connect_timeout_s} s"
+            ) from exc
+        except ConnectionRefusedError as exc:
+            self.metrics.upstream_failed("refused")
+            raise UpstreamError(f"connect to {target} refused") from exc
+        except OSError as exc:
+            self.metrics.upstream_failed("unreachable")
+            raise UpstreamError(f"connect to {target} failed: {exc.strerror or exc}") from exc
+
+
+class _Side(asyncio.Protocol):
+    """One socket of a pair; forwards what it reads to its peer's transport."""
+
+    def __init__(self, pair: _Pair, direction: int) -> None:
+        self.pair = pair
+        self.direction = direction  # 0: client -> upstream, 1: upstream -> client
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Side | None = None
+        self.eof = False
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
+        if self.peer is None or self.peer.transport is None:
+            self.transport.pause_reading()  # until the other side exists
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is None or peer.transport is None or peer.transport.is_closing():
+            return
+        self.pair.activity(self.direction, len(data))
+        peer.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
+            peer.transport.write_eof()
+        self.pair.check_done()
+        return True
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.pair.side_lost(exc)
+
+
+class _Pair:
+    """A client/upstream pair: two sides, byte counts, an idle timer and a finished future."""
+
+    def __init__(self, metrics: Metrics, idle_timeout_s: float | None, writer: Any) -> None:
+        self.metrics = metrics
+        self.idle_timeout_s = idle_timeout_s
+        self.sent = [0, 0]
+        self.end_reason = "eof"
+        self._writer = writer  # keeps the StreamWriter (whose __del__ closes) alive with us
+        self._loop = asyncio.get_running_loop()
+        self._last_activity = self._loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self.finished: asyncio.Future[None] = self._loop.create_future()
+        self.client = _Side(self, 0)
+        self.upstream = _Side(self, 1)
+
+    def sides(self) -> tuple[_Side, _Side]:
+        return self.client, self.upstream
+
+    def start(self) -> None:
+        """Link the sides once upstream is connected and let bytes flow."""
+        self.client.peer, self.upstream.peer = self.upstream, self.client
+        for side in self.sides():
+            if side.transport is not None and not side.transport.is_closing():
+                side.transport.resume_reading()
+        if self.idle_timeout_s is not None:
+            self._timer = self._loop.call_at(
+                self._last_activity + self.idle_timeout_s, self._check_idle
+            )
+        self.check_done()
+
+    def activity(self, direction: int, size: int) -> None:
+        self._last_activity = self._loop.time()
+        self.sent[direction] += size
+        if direction == 0:
+            self.metrics.bytes_to_upstream += size
+        else:
+            self.metrics.bytes_to_client += size
+
+    def buffered_bytes(self) -> int:
+        return sum(s.transport.get_write_buffer_size() for s in self.sides() if s.transport)
+
+    def check_done(self) -> None:
+        if self.client.eof and self.upstream.eof:
+            for side in self.sides():
+                if side.transport is not None:
+                    side.transport.close()  # flushes what is buffered, then closes
+
+    def side_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.abort("error")
+        if all(s.lost or s.transport is None for s in self.sides()):
+            self._finish()
+
+    def abort(self, reason: str = "upstream_failed") -> None:
+        if self.end_reason == "eof":
+            self.end_reason = reason
+        for side in self.sides():
+            if side.transport is not None:
+                side.transport.abort()
+        if all(s.lost or s.transport is None for s in self.sides()):
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    def _check_idle(self) -> None:
+        assert self.idle_timeout_s is not None
+        deadline = self._last_activity + self.idle_timeout_s
+        if self._loop.time() < deadline:
+            self._timer = self._loop.call_at(deadline, self._check_idle)
+            return
+        self.metrics.idle_timeouts += 1
+        self.abort("idle")
+
+
+def _peer_name(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer or "local")
