@@ -1,0 +1,131 @@
+"""`python -m enclave`: the enclave service's entry point (the image's CMD).
+
+Brings loopback up, starts the recipient key pool, the in-enclave KMS CONNECT proxy and the RPC
+server, then prints `{"event": "ready", "listen": ADDRESS, "pid": PID}` on stderr. On SIGTERM or
+SIGINT it drains requests, wipes the keyring and exits 0. Startup failures exit 1 with one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from enclave.config import Config, log_level, parse_config
+from enclave.errors import EnclaveError
+from enclave.keypool import RecipientKeyPool
+from enclave.keyring import Keyring
+from enclave.kms import EnclaveKMS
+from enclave.network import ConnectProxy, bring_up_loopback
+from enclave.nsm import NSMClient
+from enclave.server import RPCServer, ServerLimits
+from enclave.service import EnclaveService
+
+log = logging.getLogger("enclave")
+
+MAX_SWEEP_INTERVAL_S = 60.0
+
+
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {"level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        )
+
+
+def _configure_logging(config: Config) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JSONFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(log_level(config))
+    for noisy in ("botocore", "urllib3", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, log_level(config)))
+
+
+def _limits(config: Config) -> ServerLimits:
+    return ServerLimits(
+        max_connections=config.max_connections,
+        max_in_flight=config.max_in_flight,
+        max_frame_bytes=config.max_frame_bytes,
+        request_timeout_s=config.request_timeout_s,
+        idle_timeout_s=config.idle_timeout_s,
+        shutdown_grace_s=config.shutdown_grace_s,
+        workers=config.workers,
+    )
+
+
+async def _sweep(keyring: Keyring, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        keyring.sweep()
+
+
+async def serve(config: Config) -> int:
+    """Run the service until SIGTERM/SIGINT. Raises EnclaveError/OSError on startup failure."""
+    if bring_up_loopback():
+        log.info("brought the loopback interface up")
+    nsm = NSMClient.open()
+    pool = RecipientKeyPool(
+        size=config.pool_size, max_age_s=config.pool_max_age_s, max_uses=config.pool_max_uses
+    )
+    proxy = ConnectProxy(
+        config.kms_host, relay=config.kms_relay, port=config.proxy_port, kms_port=config.kms_port
+    )
+    keyring = Keyring(config.max_keys, config.key_ttl_s)
+    try:
+        await proxy.start()
+        kms = EnclaveKMS(
+            config.region,
+            attestor=lambda *, public_key: nsm.get_attestation_doc(public_key=public_key),
+            pool=pool,
+            endpoint_url=config.endpoint_url,
+            ca_bundle=config.ca_bundle,
+            proxy_url=proxy.proxy_url,
+            max_attempts=config.kms_max_attempts,
+        )
+        service = EnclaveService(kms=kms, nsm=nsm, keyring=keyring, pool=pool, region=config.region)
+        server = RPCServer(service.handle, _limits(config), on_shutdown=keyring.clear)
+        address = await server.start(config.listen)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        sweeper = asyncio.ensure_future(
+            _sweep(keyring, min(MAX_SWEEP_INTERVAL_S, config.key_ttl_s / 4))
+        )
+        ready = {"event": "ready", "listen": str(address), "pid": os.getpid()}
+        print(json.dumps(ready), file=sys.stderr, flush=True)
+        await stop.wait()
+        log.info("draining")
+        await server.shutdown()
+        sweeper.cancel()
+        log.info("stopped")
+        return 0
+    finally:
+        keyring.clear()
+        await proxy.close()
+        pool.close()
+        nsm.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(sys.argv[1:] if argv is None else argv)
+    _configure_logging(config)
+    try:
+        return asyncio.run(serve(config))
+    except EnclaveError as exc:
+        log.error("cannot start: %s (%s)", exc.message, exc.code)
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+    return 1
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,186 @@
+"""Attested GenerateDataKey through the enclave service, against a same-run baseline.
+
+    .venv/bin/python -m tests.bench.bench_enclave [--requests N]
+
+Stack: local KMS, parent relay (`nitrokms proxy`), the enclave under the simulated NSM (as in the
+integration tests). Measured, at concurrency 1 and 16:
+- enclave: RPC GenerateDataKey from a parent-side client (RPC + thread hop + attestation document
+  + CONNECT proxy + relay + TLS request to KMS + CMS decrypt + keyring);
+- baseline (time inside KMS as a client sees it): the same GenerateDataKey with a Recipient (a
+  fresh pre-made attestation document per call, as KMS sees from the enclave) sent by boto3
+  straight to the local KMS over a reused TLS connection, with no CMS decryption;
+- the RPC floor: Health round trips.
+Each enclave figure is reported as a ratio to the baseline at the same concurrency; the overhead
+(enclave minus baseline median) is printed too. The whole-World figures are in `bench_e2e`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from proto import messages as m
+from proto.addresses import UnixAddress
+from proto.messages import Reply
+from tests.bench.common import Figure, figure, summarize, table
+from tests.enclave.rpc_client import Client
+from tests.enclave.stack import Enclave, Relay, start_kms, stop_all
+
+WARMUP = 20
+
+
+async def _timed_concurrently(
+    call: Callable[[], Awaitable[None]], requests: int, concurrency: int
+) -> list[float]:
+    samples: list[float] = []
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            started = time.perf_counter()
+            await call()
+            samples.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(worker(requests // concurrency) for _ in range(concurrency)))
+    return samples
+
+
+def _baseline(
+    kms: Any, key_arn: str, documents: list[bytes], requests: int, concurrency: int
+) -> list[float]:
+    import boto3
+    import botocore.config
+
+    client = boto3.client(
+        "kms",
+        endpoint_url=kms.url,
+        region_name=kms.region,
+        verify=str(kms.ca_path),
+        aws_access_key_id=kms.access_key_id,
+        aws_secret_access_key=kms.secret_access_key,
+        config=botocore.config.Config(max_pool_connections=concurrency),
+    )
+
+    def once(index: int) -> float:
+        recipient = {
+            "KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
+            "AttestationDocument": documents[index % len(documents)],
+        }
+        started = time.perf_counter()
+        reply = client.generate_data_key(KeyId=key_arn, KeySpec="AES_256", Recipient=recipient)
+        assert reply["CiphertextForRecipient"]
+        return time.perf_counter() - started
+
+    for index in range(WARMUP):
+        once(requests + index)
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(once, range(requests)))
+
+
+def _documents(nsm_state: Path, count: int) -> list[bytes]:
+    """Fresh documents, as the enclave sends one per call (KMS cannot reuse a verification)."""
+    from enclave.nsm import NSMClient, TransportBackend
+    from tests.harness.nsm.server import SimulatedNSM
+
+    simulated = SimulatedNSM(nsm_state)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    nsm = NSMClient(TransportBackend(simulated.simulator))
+    return [nsm.get_attestation_doc(public_key=spki) for _ in range(count)]
+
+
+async def _enclave_runs(
+    address: UnixAddress, key_arn: str, requests: int
+) -> dict[str, list[float]]:
+    client = await Client.connect(address)
+
+    async def generate() -> None:
+        reply = await client.call(m.GenerateDataKeyRequest(key_id=key_arn, key_spec="AES_256"))
+        assert isinstance(reply, Reply), reply
+
+    async def health() -> None:
+        assert isinstance(await client.call(m.HealthRequest()), Reply)
+
+    for _ in range(WARMUP):
+        await generate()
+    results = {
+        "health c=1": await _timed_concurrently(health, requests, 1),
+        "enclave c=1": await _timed_concurrently(generate, requests, 1),
+        "enclave c=16": await _timed_concurrently(generate, requests, 16),
+    }
+    client.close()
+    return results
+
+
+async def _set_credentials(address: UnixAddress, kms: Any) -> None:
+    client = await Client.connect(address)
+    reply = await client.call(
+        m.SetCredentialsRequest(
+            access_key_id=kms.access_key_id,
+            secret_access_key=kms.secret_access_key,
+            region=kms.region,
+        )
+    )
+    assert isinstance(reply, Reply), reply
+    client.close()
+
+
+def run(quick: bool = False, requests: int | None = None) -> list[Figure]:
+    """Enclave service GenerateDataKey at c=1 and c=16 against boto3 straight to the local KMS."""
+    requests = requests or (48 if quick else 320)
+    with tempfile.TemporaryDirectory(prefix="bench-enclave-") as tmp:
+        workdir = Path(tmp)
+        nsm_state = workdir / "nsm"
+        kms = relay = enclave = None
+        try:
+            kms = start_kms(workdir, nsm_state)
+            relay = Relay.start(workdir, int(kms.url.rsplit(":", 1)[1]))
+            enclave = Enclave.start(
+                workdir, nsm_state, kms, relay, "--log-level", "WARNING", "--pool-size", "4"
+            )
+            address = UnixAddress(str(enclave.socket_path))
+            key_arn = kms.client().create_key()["KeyMetadata"]["Arn"]  # type: ignore[attr-defined]
+            asyncio.run(_set_credentials(address, kms))
+            documents = _documents(nsm_state, requests + WARMUP)
+            results = {
+                "baseline c=1": _baseline(kms, key_arn, documents, requests, 1),
+                "baseline c=16": _baseline(kms, key_arn, documents, requests, 16),
+            }
+            results.update(asyncio.run(_enclave_runs(address, key_arn, requests)))
+        finally:
+            stop_all(kms, relay, enclave)
+    stats = {name: summarize(samples, 1000) for name, samples in results.items()}
+    direct = "boto3 + Recipient straight to KMS"
+    return [
+        figure("enclave", "RPC GenerateDataKey, c=1", stats["enclave c=1"], "ms", direct,
+               stats["baseline c=1"].median),
+        figure("enclave", "RPC GenerateDataKey, c=16", stats["enclave c=16"], "ms", direct,
+               stats["baseline c=16"].median),
+        figure("enclave", "RPC Health (floor), c=1", stats["health c=1"], "ms", direct,
+               stats["baseline c=1"].median),
+    ]  # fmt: skip
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.bench_enclave")
+    parser.add_argument("--requests", type=int, default=320, help="per measurement (mult. of 16)")
+    figures = run(requests=parser.parse_args(argv).requests)
+    print(table(figures))
+    for f in figures[:2]:
+        print(f"{f.name}: overhead over direct median {f.median - f.baseline:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,364 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import cbor2
+import pytest
+
+from enclave.errors import EnclaveError
+from enclave.server import RPCServer, ServerLimits
+from proto.addresses import UnixAddress
+from proto.messages import (
+    AttestRequest,
+    AttestResult,
+    Body,
+    HealthRequest,
+    HealthResult,
+    Reply,
+)
+from tests.enclave.rpc_client import Client, RawPeer, error_of, header
+
+
+class Handler:
+    """Attest's nonce scripts the behaviour: b"wait:NAME" blocks until released."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, threading.Event] = {}
+        self.entered: dict[str, threading.Event] = {}
+        self.calls = 0
+
+    def gate(self, name: str) -> threading.Event:
+        self.entered.setdefault(name, threading.Event())
+        return self.gates.setdefault(name, threading.Event())
+
+    def release_all(self) -> None:
+        for event in list(self.gates.values()):
+            event.set()
+
+    def __call__(self, body: Body) -> Body:
+        self.calls += 1
+        if isinstance(body, HealthRequest):
+            return HealthResult(
+                ready=True,
+                credentials_present=False,
+                key_pool_ready=1,
+                key_pool_target=1,
+                handles=0,
+            )
+        assert isinstance(body, AttestRequest)
+        nonce = body.nonce or b""
+        if nonce.startswith(b"wait:"):
+            name = nonce[5:].decode()
+            gate = self.gate(name)
+            self.entered[name].set()
+            gate.wait(30)
+        elif nonce == b"boom":
+            raise RuntimeError("secret-material-in-message")
+        elif nonce == b"typed":
+            raise EnclaveError("no such key", code="kms.NotFoundException")
+        elif nonce == b"badcode":
+            raise EnclaveError("odd", code="not a code")
+        return AttestResult(document=b"doc:" + nonce)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    tmp_path: Path, handler: Handler, on_shutdown: Callable[[], None] | None = None, **limits
+) -> AsyncIterator[RPCServer]:
+    server = RPCServer(handler, ServerLimits(**limits), on_shutdown=on_shutdown)
+    await server.start(UnixAddress(str(tmp_path / "rpc.sock")))
+    try:
+        yield server
+    finally:
+        handler.release_all()
+        await server.shutdown()
+
+
+async def _entered(handler: Handler, name: str) -> None:
+    event = handler.entered.setdefault(name, threading.Event())
+    await asyncio.to_thread(event.wait, 10)
+    assert event.is_set()
+
+
+def run(coro) -> None:
+    asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_many_concurrent_requests_are_answered_out_of_order(tmp_path):
+    async def scenario() -> None:
+        handler = Handler()
+        async with serving(tmp_path, handler) as server:
+            client = await Client.connect(server.address)
+            slow = await client.send(AttestRequest(nonce=b"wait:slow"))
+            await _entered(handler, "slow")
+            fast_ids = [await client.send(AttestRequest(nonce=bytes([i]))) for i in range(20)]
+            fast = [await client.receive() for _ in fast_ids]
+            assert {r.id for r in fast} == set(fast_ids)
+            for r in fast:
+                assert isinstance(r, Reply)
+                assert isinstance(r.result, AttestResult)
+                assert r.result.document == b"doc:" + bytes([r.id - 2])
+            handler.gate("slow").set()
+            late = await client.receive()
+            assert late.id == slow
+            client.close()
+
+    run(scenario())
+
+
+def test_many_connections_at_once(tmp_path):
+    async def scenario() -> None:
+        async with serving(tmp_path, Handler()) as server:
+            clients = [await Client.connect(server.address) for _ in range(20)]
+            replies = await asyncio.gather(
+                *(c.call(AttestRequest(nonce=b"c%d" % i)) for i, c in enumerate(clients))
+            )
+            documents = [r.result.document for r in replies]  # type: ignore[union-attr]
+            assert documents == [b"doc:c%d" % i for i in range(20)]
+            for c in clients:
+                c.close()
+
+    run(scenario())
+
+
+def test_bad_frame_closes_only_that_connection(tmp_path):
+    async def scenario() -> None:
+        async with serving(tmp_path, Handler()) as server:
+            good = await Client.connect(server.address)
+            bad = await RawPeer.connect(server.address)
+            junk = b"\xff\xfe not cbor"
+            await bad.send_raw(header(len(junk)) + junk)
+            error = error_of(await bad.next_response())
+            assert error.code == "protocol.MalformedMessage"
+            assert error.id is None
+            assert await bad.next_response() is None
+            reply = await good.call(HealthRequest())
+            assert isinstance(reply, Reply)
+            good.close()
+            bad.close()
+
+    run(scenario())
+
+
+def test_bad_request_with_an_id_keeps_the_connection(tmp_path):
+    async def scenario() -> None:
+        async with serving(tmp_path, Handler()) as server:
+            peer = await Client.connect(server.address)
+            body = cbor2.dumps({"v": 1, "id": 7, "op": "Attest", "body": {"nonsense": 1}})
+            await peer.send_raw(header(len(body)) + body)
+            error = error_of(await peer.next_response())
+            assert (error.id, error.code) == (7, "protocol.InvalidField")
+            assert isinstance(await peer.call(HealthRequest()), Reply)
+            peer.close()
+
+    run(scenario())
+
+
+def test_oversize_length_header_is_refused_without_buffering(tmp_path):
+    async def scenario() -> None:
+        async with serving(tmp_path, Handler(), max_frame_bytes=1024) as server:
+            peer = await RawPeer.connect(server.address)
+            await peer.send_raw(header(0xFFFFFFFF) + b"x" * 16)
+            error = error_of(await peer.next_response())
+            assert error.code == "protocol.FrameTooLarge"
+            assert await peer.next_response() is None
+            peer.close()
+
+    run(scenario())
+
+
+def test_slowloris_is_dropped_after_the_idle_timeout(tmp_path):
+    async def scenario() -> None:
+        async with serving(tmp_path, Handler(), idle_timeout_s=0.5) as server:
+            peer = await RawPeer.connect(server.address)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await peer.send_raw(header(100))
+            closed = asyncio.ensure_future(peer.next_response())
+            with contextlib.suppress(OSError):
+                for _ in range(40):  # dribble a byte every 50 ms: never a whole frame
+                    if closed.done():
+                        break
+                    await peer.send_raw(b"\x00")
+                    await asyncio.wait({closed}, timeout=0.05)
+            error = error_of(await closed)
+            assert error.code == "enclave.Timeout"
+            assert loop.time() - started < 1.9
+            assert await peer.next_response() is None
+            peer.close()
+
+    run(scenario())
+
+
+def test_truncated_frame_at_eof_gets_an_error(tmp_path):
+    async def scenario() -> None:
+        async with serving(tmp_path, Handler()) as server:
+            peer = await RawPeer.connect(server.address)
+            await peer.send_raw(header(50) + b"abc")
+            peer.writer.write_eof()
+            assert error_of(await peer.next_response()).code == "protocol.TruncatedFrame"
+            peer.close()
+
+    run(scenario())
+
+
+def test_client_half_close_still_gets_its_replies(tmp_path):
+    async def scenario() -> None:
+        async with serving(tmp_path, Handler()) as server:
+            client = await Client.connect(server.address)
+            ids = [await client.send(AttestRequest(nonce=b"%d" % i)) for i in range(5)]
+            client.writer.write_eof()
+            got = [await client.receive() for _ in ids]
+            assert sorted(r.id or 0 for r in got) == ids
+            client.close()
+
+    run(scenario())
+
+
+def test_per_request_timeout(tmp_path):
+    async def scenario() -> None:
+        async with serving(tmp_path, Handler(), request_timeout_s=0.2) as server:
+            client = await Client.connect(server.address)
+            error = error_of(await client.call(AttestRequest(nonce=b"wait:never")))
+            assert error.code == "enclave.Timeout"
+            assert "Attest" in error.message
+            assert isinstance(await client.call(HealthRequest()), Reply)
+            client.close()
+
+    run(scenario())
+
+
+def test_errors_become_typed_replies_without_leaking(tmp_path, caplog):
+    async def scenario() -> None:
+        async with serving(tmp_path, Handler()) as server:
+            client = await Client.connect(server.address)
+            typed = error_of(await client.call(AttestRequest(nonce=b"typed")))
+            assert (typed.code, typed.message) == ("kms.NotFoundException", "no such key")
+            boom = error_of(await client.call(AttestRequest(nonce=b"boom")))
+            assert (boom.code, boom.message) == ("enclave.InternalError", "internal error")
+            odd = error_of(await client.call(AttestRequest(nonce=b"badcode")))
+            assert odd.code == "enclave.InternalError"
+            client.close()
+
+    with caplog.at_level(logging.ERROR, logger="enclave.server"):
+        run(scenario())
+    assert "RuntimeError" in caplog.text
+    assert "secret-material-in-message" not in caplog.text
+
+
+def test_too_many_in_flight_is_refused_per_request(tmp_path):
+    async def scenario() -> None:
+        handler = Handler()
+        async with serving(tmp_path, handler, max_in_flight=2) as server:
+            client = await Client.connect(server.address)
+            first = await client.send(AttestRequest(nonce=b"wait:a"))
+            second = await client.send(AttestRequest(nonce=b"wait:a"))
+            await _entered(handler, "a")
+            third = await client.send(AttestRequest(nonce=b"x"))
+            refused = error_of(await client.receive())
+            assert (refused.id, refused.code) == (third, "protocol.TooManyRequests")
+            handler.gate("a").set()
+            done = {(await client.receive()).id, (await client.receive()).id}
+            assert done == {first, second}
+            client.close()
+
+    run(scenario())
+
+
+def test_too_many_connections(tmp_path):
+    async def scenario() -> None:
+        async with serving(tmp_path, Handler(), max_connections=1) as server:
+            first = await Client.connect(server.address)
+            assert isinstance(await first.call(HealthRequest()), Reply)
+            second = await RawPeer.connect(server.address)
+            error = error_of(await second.next_response())
+            assert error.code == "enclave.TooManyConnections"
+            assert await second.next_response() is None
+            assert isinstance(await first.call(HealthRequest()), Reply)
+            first.close()
+            second.close()
+
+    run(scenario())
+
+
+def test_graceful_shutdown_finishes_in_flight_and_wipes(tmp_path):
+    async def scenario() -> None:
+        handler = Handler()
+        wiped = threading.Event()
+        async with serving(tmp_path, handler, on_shutdown=wiped.set) as server:
+            client = await Client.connect(server.address)
+            pending = await client.send(AttestRequest(nonce=b"wait:drain"))
+            await _entered(handler, "drain")
+            stopping = asyncio.ensure_future(server.shutdown())
+            await asyncio.sleep(0)
+            with pytest.raises((FileNotFoundError, ConnectionRefusedError)):
+                await RawPeer.connect(server.address)
+            assert not wiped.is_set()
+            handler.gate("drain").set()
+            reply = await client.receive()
+            assert reply.id == pending
+            assert isinstance(reply, Reply)
+            await stopping
+            assert wiped.is_set()
+            assert await client.at_eof()
+            client.close()
+
+    run(scenario())
+
+
+def test_shutdown_deadline_answers_stragglers(tmp_path):
+    async def scenario() -> None:
+        handler = Handler()
+        async with serving(tmp_path, handler, shutdown_grace_s=0.2) as server:
+            client = await Client.connect(server.address)
+            pending = await client.send(AttestRequest(nonce=b"wait:stuck"))
+            await _entered(handler, "stuck")
+            await server.shutdown()
+            error = error_of(await client.receive())
+            assert (error.id, error.code) == (pending, "enclave.ShuttingDown")
+            client.close()
+
+    run(scenario())
+
+
+def test_limits_are_validated():
+    with pytest.raises(ValueError, match="max_in_flight"):
+        ServerLimits(max_in_flight=0)
+    with pytest.raises(ValueError, match="request_timeout_s"):
+        ServerLimits(request_timeout_s=0)
+
+
+def test_a_client_at_the_in_flight_limit_is_never_refused(tmp_path):
+    """A slot is freed before its reply is written, not when the request's task ends (a loop
+    iteration or more later): a client keeping exactly max_in_flight requests outstanding, with
+    its own event loop, must never see TooManyRequests."""
+    from parent.rpc import AsyncEnclaveClient, RPCError
+
+    limit, rounds = 8, 100
+
+    async def client_side(path: str) -> list[str]:
+        failures: list[str] = []
+        async with AsyncEnclaveClient(f"unix://{path}", max_in_flight=limit) as client:
+
+            async def worker() -> None:
+                for _ in range(rounds):
+                    try:
+                        await client.health()
+                    except RPCError as exc:
+                        failures.append(exc.code)
+
+            await asyncio.gather(*(worker() for _ in range(limit)))
+        return failures
+
+    async def scenario() -> None:
+        async with serving(tmp_path, Handler(), max_in_flight=limit):
+            path = str(tmp_path / "rpc.sock")
+            failures = await asyncio.to_thread(asyncio.run, client_side(path))
+            assert failures == []
+
+    run(scenario())
