@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	# Make the checkout's `tests` package (the harness) importable from anywhere via this venv.
-	echo "$(CURDIR)" > "$(SITE)/nitrokms-checkout.pth"
+	echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nitrokms-checkout.pth"
 	touch $@
 
 venv: $(STAMP)
