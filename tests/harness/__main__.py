@@ -8,6 +8,8 @@ import sys
 GROUPS = {
     "nsm": "tests.harness.nsm.cli",
     "kms": "tests.harness.kms.cli",
+    "creds": "tests.harness.creds",
+    "demo": "tests.harness.demo",
 }
 
 
