@@ -356,7 +356,7 @@ async def _describe(client: AsyncEnclaveClient, args: argparse.Namespace) -> Out
 async def _health(client: AsyncEnclaveClient, args: argparse.Namespace) -> Output:
     result = await client.health()
     expiry = result.credentials_expiration_ms
-    return {
+    output: Output = {
         "ready": result.ready,
         "credentials_present": result.credentials_present,
         "credentials_expiration": _iso(expiry) if expiry is not None else None,
@@ -368,6 +368,12 @@ async def _health(client: AsyncEnclaveClient, args: argparse.Namespace) -> Outpu
         "handles": result.handles,
         "last_error": result.last_error,
     }
+    output["_human"] = "\n".join(
+        f"{k.replace('_', ' ')}: {_human_value(v)}"
+        for k, v in output.items()
+        if k != "credentials_expiration_ms"
+    )
+    return output
 
 
 def _iso(ms: int) -> str:
