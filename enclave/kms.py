@@ -14,6 +14,7 @@ certificate problem.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -362,12 +363,38 @@ def translate_botocore_error(exc: ClientError | BotoCoreError) -> KMSError:
         message = _clip(str(error.get("Message") or code))
         return KMSError(message, code=f"kms.{code}", status=status)
     if isinstance(exc, SSLError):
-        return KMSTLSError(f"TLS verification of KMS failed: {_tls_problem(exc)}")
+        if _is_verification_failure(exc):
+            return KMSTLSError(f"TLS verification of KMS failed: {_tls_problem(exc)}")
+        # A reset or EOF during the handshake is a network failure, not a certificate problem:
+        # kms.TLSVerificationFailed must stay the signal for a man in the middle.
+        return KMSUnavailableError(f"KMS unreachable (TLS handshake cut): {_tls_problem(exc)}")
     if isinstance(exc, ParamValidationError):
         return KMSRequestError(_clip(str(exc)))
     if isinstance(exc, BotoConnectionError | HTTPClientError):
         return KMSUnavailableError(f"KMS unreachable: {_clip(str(exc))}")
     return KMSError(_clip(str(exc)), code=f"kms.{type(exc).__name__}")
+
+
+def _is_verification_failure(exc: SSLError) -> bool:
+    """Whether the peer's certificate or host name failed verification (vs a cut connection)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc, getattr(exc, "kwargs", {}).get("error")]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        # ssl's own verification error, or urllib3's host-name check (its own CertificateError).
+        if isinstance(current, ssl.SSLCertVerificationError) or (
+            type(current).__name__ == "CertificateError"
+        ):
+            return True
+        pending += [current.__cause__, current.__context__, *_exception_args(current)]
+    return "certificate verify failed" in str(getattr(exc, "kwargs", {}).get("error", exc))
+
+
+def _exception_args(exc: BaseException) -> list[BaseException]:
+    return [arg for arg in exc.args if isinstance(arg, BaseException)]
 
 
 def _tls_problem(exc: SSLError) -> str:
