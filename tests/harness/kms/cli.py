@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--credentials", type=Path, help="JSON list of credentials")
     serve.add_argument("--region", help="default: AWS_DEFAULT_REGION or us-east-1")
     serve.add_argument("--account", default=DEFAULT_ACCOUNT, help="account id owning the keys")
+    serve.add_argument(
+        "--log-timing", action="store_true", help="log each request's handling time (INFO)"
+    )
+    serve.add_argument(
+        "--fault-plan", type=Path, metavar="FILE", help="inject scripted faults (see kms/faults.py)"
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -97,6 +103,8 @@ def main(argv: list[str]) -> int:
             host=args.listen[0],
             port=args.listen[1],
             max_document_age=max_age,
+            log_timing=args.log_timing,
+            fault_plan=args.fault_plan,
         )
         url = kms.start()
     except (ValueError, OSError, StateFileError) as exc:

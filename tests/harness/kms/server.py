@@ -4,6 +4,12 @@ A threading HTTP/1.1 server (keep-alive, one thread per connection) whose TLS ha
 the connection's thread, so a slow client never blocks `accept`. The body size is checked against
 Content-Length before anything is read. `stop()` stops accepting, closes idle keep-alive
 connections, lets requests in flight finish (up to STOP_GRACE_S) and then closes the rest.
+
+Every reply carries `x-nitrokms-server-time-ms`: the time spent handling the request (from the
+body read to the reply built: JSON, SigV4, policy, attestation, CMS), so a benchmark can subtract
+"time inside KMS" from what a client saw. With `log_timing` each request also logs one INFO line
+`server-time op=<X-Amz-Target operation> status=<code> ms=<float>` for callers that cannot see
+the reply headers (the enclave consumes them).
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import contextlib
 import logging
 import socket
 import ssl
+import struct
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +30,7 @@ from typing import Any
 
 from .auth import Credential, ReceivedRequest, SigV4Verifier
 from .exceptions import KMSServiceError, RequestEntityTooLargeException, ValidationException
+from .faults import Fault, FaultPlan
 from .models import KeyStore
 from .recipient import RecipientReader
 from .responses import JSON_CONTENT_TYPE, KMSApplication, Response, request_id
@@ -30,6 +39,8 @@ from .tls import TLSFiles, prepare
 log = logging.getLogger("tests.harness.kms")
 
 MAX_BODY_BYTES = 512 * 1024
+SERVER_TIME_HEADER = "x-nitrokms-server-time-ms"
+LISTEN_BACKLOG = 1024
 IDLE_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
 DEFAULT_ACCOUNT = "111122223333"
@@ -38,9 +49,20 @@ DEFAULT_ACCOUNT = "111122223333"
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    # socketserver's default listen backlog is 5: a burst of new connections (16 clients
+    # opening their pools at once) overflowed it, and each dropped SYN cost a 1 s retransmit.
+    request_queue_size = LISTEN_BACKLOG
+    faults: FaultPlan | None = None
 
-    def __init__(self, address: tuple[str, int], app: KMSApplication, tls: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        app: KMSApplication,
+        tls: ssl.SSLContext,
+        log_timing: bool = False,
+    ) -> None:
         self.app = app
+        self.log_timing = log_timing
         self.stopping = False
         self._tls = tls
         self._open: set[socket.socket] = set()
@@ -134,11 +156,38 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(Response(exc.status, exc.to_json()))
             return
         request = ReceivedRequest(method, self.path, list(self.headers.items()), body)
+        if self.server.faults is not None and self._inject(request):
+            return
         with self.server.busy(self.connection):
+            started = time.perf_counter()
             response = self.server.app.handle(request)
+            server_ms = (time.perf_counter() - started) * 1000
             self.close_connection = self.close_connection or self.server.stopping
-            self._reply(response)
+            self._reply(response, server_ms)
             self.wfile.flush()
+        if self.server.log_timing:
+            operation = self.headers.get("X-Amz-Target", "").rpartition(".")[2] or "-"
+            log.info("server-time op=%s status=%d ms=%.3f", operation, response.status, server_ms)
+
+    def _inject(self, request: ReceivedRequest) -> bool:
+        """Apply the fault plan's next fault; True if it replaced the normal reply."""
+        assert self.server.faults is not None
+        target = request.header("X-Amz-Target") or ""
+        fault: Fault | None = self.server.faults.take(target.removeprefix("TrentService."))
+        if fault is None:
+            return False
+        if fault.delay_s:
+            time.sleep(fault.delay_s)
+        if fault.reset:
+            self.close_connection = True
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            return True
+        if fault.status is not None:
+            self._reply(Response(fault.status, fault.error_body()))
+            self.wfile.flush()
+            return True
+        return False
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):
@@ -156,12 +205,14 @@ class _Handler(BaseHTTPRequestHandler):
             raise ValidationException("The request body ended early")
         return body
 
-    def _reply(self, response: Response) -> None:
+    def _reply(self, response: Response, server_ms: float | None = None) -> None:
         payload = response.encode()
         self.send_response(response.status)
         self.send_header("Content-Type", JSON_CONTENT_TYPE)
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("x-amzn-RequestId", request_id())
+        if server_ms is not None:
+            self.send_header(SERVER_TIME_HEADER, f"{server_ms:.3f}")
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -177,7 +228,9 @@ class _Handler(BaseHTTPRequestHandler):
 class LocalKMS:
     """An in-process local KMS: `start()` returns its URL, `stop()` ends it; a context manager.
 
-    `attestation_root` is the PEM (or DER) root that Recipient documents must chain to.
+    `attestation_root` is the PEM (or DER) root that Recipient documents must chain to;
+    `log_timing` logs each request's handling time (see the module docstring).
+    `fault_plan` (a JSON file, see `faults.py`) scripts faults for the requests to come.
     """
 
     def __init__(
@@ -193,12 +246,15 @@ class LocalKMS:
         max_document_age: timedelta | None = None,
         attestation_clock: Callable[[], datetime] | None = None,
         encrypt_for_recipient: Callable[[bytes, bytes], bytes] | None = None,
+        log_timing: bool = False,
+        fault_plan: Path | None = None,
     ) -> None:
         if not credentials:
             raise ValueError("the local KMS needs at least one credential")
         self.state_dir = Path(state_dir)
         self.region = region
         self._address = (host, port)
+        self._log_timing = log_timing
         self.store = KeyStore(self.state_dir, region=region, account=account)
         self.app = KMSApplication(
             self.store,
@@ -209,6 +265,7 @@ class LocalKMS:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.tls: TLSFiles | None = None
+        self.faults = None if fault_plan is None else FaultPlan(fault_plan)
 
     @property
     def ca_path(self) -> Path:
@@ -227,7 +284,8 @@ class LocalKMS:
         if self._server is not None:
             return self.url
         self.tls = prepare(self.state_dir, self.region)
-        self._server = _Server(self._address, self.app, self.tls.server_context())
+        self._server = _Server(self._address, self.app, self.tls.server_context(), self._log_timing)
+        self._server.faults = self.faults
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="local-kms", daemon=True
         )

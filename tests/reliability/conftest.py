@@ -1,0 +1,50 @@
+"""One simulated world for the reliability suite (package scope), with the KMS fault plan wired in
+and every process logging at its most verbose, so the secrets scan sees everything they say."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from parent.rpc import EnclaveClient
+from tests.harness.kms.faults import write_plan
+from tests.harness.world import World
+
+VERBOSE_KMS = ("-v",)
+VERBOSE_ENCLAVE = ("--log-level", "DEBUG")
+VERBOSE_RELAY = ("--log-level", "debug")
+
+
+@pytest.fixture(scope="package")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    workdir = tmp_path_factory.mktemp("reliability-world")
+    plan = workdir / "kms-faults.json"
+    with World(
+        workdir,
+        kms_args=(*VERBOSE_KMS, "--fault-plan", str(plan)),
+        enclave_args=VERBOSE_ENCLAVE,
+        relay_args=VERBOSE_RELAY,
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def fault_plan(world: World) -> Iterator[Path]:
+    """The KMS fault plan, emptied again after the test."""
+    path = world.workdir / "kms-faults.json"
+    write_plan(path, [])
+    yield path
+    write_plan(path, [])
+
+
+@pytest.fixture(scope="package")
+def key_id(world: World) -> str:
+    return world.create_attested_key()
+
+
+@pytest.fixture
+def client(world: World) -> Iterator[EnclaveClient]:
+    with world.client(timeout_s=30.0) as opened:
+        yield opened
