@@ -2,11 +2,11 @@
 
 No threads and no coroutine per chunk: each side is an asyncio Protocol whose `data_received`
 hands the bytes straight to the other side's transport (cheaper than stream pumps, which copy
-every chunk twice and resume a coroutine per read). Backpressure uses the transports' own flow control: when
-one side's write buffer passes its high-water mark the other side stops reading, so a slow reader
-costs at most WRITE_HIGH_WATER_BYTES plus one read (256 KiB) per direction and stalls only its own
-pair. EOF on one side becomes `write_eof()` (shutdown SHUT_WR) on the other while the opposite
-direction keeps flowing; an error on either side aborts the pair.
+every chunk twice and resume a coroutine per read). Backpressure uses the transports' own flow
+control: when one side's write buffer passes its high-water mark the other side stops reading, so a
+slow reader costs at most WRITE_HIGH_WATER_BYTES plus one read (256 KiB) per direction and stalls
+only its own pair. EOF on one side becomes `write_eof()` (shutdown SHUT_WR) on the other while the
+opposite direction keeps flowing; an error on either side aborts the pair.
 
 Listening goes through `proto.addresses.start_server` with a plain (non-coroutine) callback, which
 asyncio calls from `connection_made`, before any data arrives; it moves the transport to our
