@@ -9,7 +9,6 @@ own decode fails with cbor2 6), and the bare `cryptography` ECDSA P-384 verify o
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
@@ -23,28 +22,22 @@ from pycose.messages.sign1message import Sign1Message
 
 from proto.attestation import AttestationVerifier, parse_document
 from proto.attestation.cose import sig_structure
+from tests.bench.common import Figure, figure, summarize, table, time_calls
 from tests.harness.nsm.pki import SimulatedPKI
 
 MODULE_ID = "i-0f73a4b4cb74cc9f2-enc0192e4188fef781d"
+PYCOSE = "pycose ES384 verify (pure Python)"
 TARGETS_MS = {"verify, cached chain": 1.0, "verify, cold chain": 5.0, "simulator sign": 2.0}
 
 
-def _measure(fn: Callable[[], object], n: int) -> float:
-    """Median milliseconds over n timed calls after a short warm-up."""
-    for _ in range(min(10, n)):
-        fn()
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter_ns()
-        fn()
-        samples.append(time.perf_counter_ns() - start)
-    return statistics.median(samples) / 1e6
+def _samples(fn: Callable[[], object], n: int) -> list[float]:
+    """Seconds per call over n timed calls after a short warm-up."""
+    return time_calls(fn, n, warmup=min(10, n))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=500, help="timed iterations per case")
-    n = parser.parse_args().n
+def run(quick: bool = False, n: int | None = None) -> list[Figure]:
+    """Verify (cached and cold chain) against pycose, and simulator signing against bare ECDSA."""
+    n = n or (30 if quick else 500)
     pki = SimulatedPKI.ephemeral()
     now_ms = int(time.time() * 1000)
     pcrs = {i: bytes([i]) * 48 for i in range(16)}
@@ -71,25 +64,44 @@ def main() -> int:
     )
     warm = AttestationVerifier(pki.root_certificate)
     root = pki.root_certificate
+    signer = ec.generate_private_key(ec.SECP384R1())
 
-    cases: list[tuple[str, Callable[[], object]]] = [
-        ("baseline: pycose ES384 verify (pure Python)", message.verify_signature),
-        ("baseline: bare cryptography ES384 verify", lambda: leaf.verify(
-            der_sig, to_be_signed, ec.ECDSA(hashes.SHA384()))),
-        ("parse only (no crypto)", lambda: parse_document(doc)),
-        ("verify, cached chain", lambda: warm.verify(doc)),
-        ("verify, cold chain", lambda: AttestationVerifier(root).verify(doc)),
-        ("simulator sign", sign),
-    ]  # fmt: skip
-    results = {name: _measure(fn, n) for name, fn in cases}
-    width = max(len(name) for name in results)
-    pycose = results["baseline: pycose ES384 verify (pure Python)"]
-    print(f"{'case':<{width}}  median ms   vs pycose  target")
-    for name, ms in results.items():
-        target = TARGETS_MS.get(name)
-        verdict = "" if target is None else f"<= {target:g} ms {'ok' if ms <= target else 'MISSED'}"
-        print(f"{name:<{width}}  {ms:9.3f}  {pycose / ms:8.1f}x  {verdict}")
-    print(f"simulator signing rate: {1000 / results['simulator sign']:.0f} documents/s")
+    cases: dict[str, Callable[[], object]] = {
+        PYCOSE: message.verify_signature,
+        "bare cryptography ES384 verify": lambda: leaf.verify(
+            der_sig, to_be_signed, ec.ECDSA(hashes.SHA384())),
+        "bare cryptography ES384 sign": lambda: signer.sign(
+            to_be_signed, ec.ECDSA(hashes.SHA384())),
+        "parse only (no crypto)": lambda: parse_document(doc),
+        "verify, cached chain": lambda: warm.verify(doc),
+        "verify, cold chain": lambda: AttestationVerifier(root).verify(doc),
+        "simulator sign": sign,
+    }  # fmt: skip
+    stats = {name: summarize(_samples(fn, n), 1000) for name, fn in cases.items()}
+    pycose = stats[PYCOSE].median
+    figures = [
+        figure("attestation", name, stats[name], "ms", PYCOSE, pycose, target=TARGETS_MS[name])
+        for name in ("verify, cached chain", "verify, cold chain")
+    ]
+    bare_sign = "bare cryptography ES384 sign"
+    figures.append(
+        figure(
+            "attestation",
+            "simulator sign",
+            stats["simulator sign"],
+            "ms",
+            bare_sign,
+            stats[bare_sign].median,
+            target=TARGETS_MS["simulator sign"],
+        )
+    )
+    return figures  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=500, help="timed iterations per case")
+    print(table(run(n=parser.parse_args().n)))
     return 0
 
 

@@ -138,7 +138,7 @@ async def _set_credentials(address: UnixAddress, kms: Any) -> None:
 
 def run(quick: bool = False, requests: int | None = None) -> list[Figure]:
     """Enclave service GenerateDataKey at c=1 and c=16 against boto3 straight to the local KMS."""
-    requests = requests or (48 if quick else 320)
+    requests = requests or (32 if quick else 320)
     with tempfile.TemporaryDirectory(prefix="bench-enclave-") as tmp:
         workdir = Path(tmp)
         nsm_state = workdir / "nsm"

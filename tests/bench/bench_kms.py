@@ -12,40 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.bench.common import Figure, figure, summarize, table, time_calls
 from tests.harness.kms.fixtures import spawn_kms, stop_kms
 from tests.harness.nsm.pki import SimulatedPKI
 
 TARGET_MEDIAN_MS = 5.0
 PCRS = {i: bytes([i + 1]) * 48 if i < 5 else bytes(48) for i in range(16)}
-
-
-def _measure(call: Callable[[], Any], calls: int, warmup: int = 30) -> list[float]:
-    for _ in range(warmup):
-        call()
-    samples = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - start) * 1000)
-    return samples
-
-
-def _report(name: str, samples: list[float]) -> float:
-    ordered = sorted(samples)
-    median = statistics.median(ordered)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    print(f"{name:<38} n={len(samples):<5} median={median:7.2f} ms  p99={p99:7.2f} ms")
-    return median
 
 
 def _policy() -> str:
@@ -62,10 +42,9 @@ def _policy() -> str:
     ]})  # fmt: skip
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--calls", type=int, default=500)
-    args = parser.parse_args()
+def run(quick: bool = False, calls: int | None = None) -> list[Figure]:
+    """GenerateDataKey with Recipient (attested policy) against the plain call, same client."""
+    calls = calls or (30 if quick else 500)
     with tempfile.TemporaryDirectory() as tmp:
         pki = SimulatedPKI.load_or_create(Path(tmp) / "nsm")
         server = spawn_kms(Path(tmp) / "kms", pki.root_certificate_pem)
@@ -91,26 +70,29 @@ def main() -> int:
             )
             assert "CiphertextForRecipient" in reply
             assert "Plaintext" not in reply
-            print(f"local KMS benchmark, {args.calls} calls each, one kept-alive connection")
-            _report(
-                "GenerateDataKey (baseline)",
-                _measure(
-                    lambda: client.generate_data_key(KeyId=plain_key, KeySpec="AES_256"), args.calls
-                ),
+            plain = time_calls(
+                lambda: client.generate_data_key(KeyId=plain_key, KeySpec="AES_256"), calls, 30
             )
-            median = _report(
-                "GenerateDataKey + Recipient (attested)",
-                _measure(
-                    lambda: client.generate_data_key(
-                        KeyId=attested_key, KeySpec="AES_256", Recipient=recipient
-                    ),
-                    args.calls,
+            attested = time_calls(
+                lambda: client.generate_data_key(
+                    KeyId=attested_key, KeySpec="AES_256", Recipient=recipient
                 ),
+                calls,
+                30,
             )
         finally:
             stop_kms(server.process)
-    verdict = "OK" if median <= TARGET_MEDIAN_MS else "OVER TARGET"
-    print(f"target: median <= {TARGET_MEDIAN_MS} ms with Recipient -> {verdict}")
+    return [
+        figure("kms", "local GenerateDataKey + Recipient", summarize(attested, 1000), "ms",
+               "GenerateDataKey, no Recipient", summarize(plain, 1000).median,
+               target=TARGET_MEDIAN_MS),
+    ]  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=500)
+    print(table(run(calls=parser.parse_args().calls)))
     return 0
 
 

@@ -344,7 +344,7 @@ def pss_kib(pids: list[int]) -> int:
 
 def run(quick: bool = False) -> list[Figure]:
     """Throughput vs socat, idle memory vs socat, added latency at 64 streams."""
-    mib, repeats, idle, rounds = (32, 1, 100, 20) if quick else (256, 3, 1000, 100)
+    mib, repeats, idle, rounds = (16, 1, 50, 10) if quick else (256, 3, 1000, 100)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * idle + 256)), hard))
     with tempfile.TemporaryDirectory(prefix="bench_relay.") as workdir:

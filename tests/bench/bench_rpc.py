@@ -3,7 +3,7 @@
 Run `.venv/bin/python -m tests.bench.bench_rpc`. The baseline is a bare request/response exchange
 of the same frame bytes on raw asyncio streams (no protocol state, no futures), one at a time; the
 client is measured one request at a time, with 64 requests in flight on one connection, and
-through the blocking API from 8 threads. Overhead = client time per sequential call minus baseline.
+through the blocking API from 8 threads; each is reported as a ratio to the baseline.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from parent.rpc import AsyncEnclaveClient, EnclaveClient
 from proto import messages as m
 from proto.addresses import UnixAddress, open_connection, start_server
 from proto.connection import ClientConnection, ServerConnection
+from tests.bench.common import Figure, aggregate, table
 from tests.rpc.fakes import FakeEnclave, ServerThread
 
 ROUNDS = 2000
 IN_FLIGHT = 64
 
 
-async def _baseline_ms(address: UnixAddress) -> float:
+async def _baseline_ms(address: UnixAddress, rounds: int) -> float:
     _, request = ClientConnection().send_request(m.HealthRequest())
     result = FakeEnclave().answer(m.HealthRequest())
     assert isinstance(result, m.Body)
@@ -45,7 +46,7 @@ async def _baseline_ms(address: UnixAddress) -> float:
     server = await start_server(echo, address)
     reader, writer = await open_connection(address)
     start = time.perf_counter()
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         writer.write(request)
         await reader.readexactly(len(reply))
     elapsed = time.perf_counter() - start
@@ -53,42 +54,45 @@ async def _baseline_ms(address: UnixAddress) -> float:
     await done.wait()
     server.close()
     await server.wait_closed()
-    return elapsed * 1000 / ROUNDS
+    return elapsed * 1000 / rounds
 
 
-async def _client_ms(address: UnixAddress, concurrency: int) -> float:
+async def _client_ms(address: UnixAddress, concurrency: int, rounds: int) -> float:
     async with AsyncEnclaveClient(address) as client:
         await client.health()
         start = time.perf_counter()
-        for _ in range(ROUNDS // concurrency):
+        for _ in range(rounds // concurrency):
             await asyncio.gather(*(client.health() for _ in range(concurrency)))
-        return (time.perf_counter() - start) * 1000 / ROUNDS
+        return (time.perf_counter() - start) * 1000 / rounds
 
 
-def _sync_ms(address: UnixAddress, threads: int) -> float:
+def _sync_ms(address: UnixAddress, threads: int, rounds: int) -> float:
     with EnclaveClient(address) as client, ThreadPoolExecutor(threads) as pool:
         client.health()
         start = time.perf_counter()
-        list(pool.map(lambda _: client.health(), range(ROUNDS)))
-        return (time.perf_counter() - start) * 1000 / ROUNDS
+        list(pool.map(lambda _: client.health(), range(rounds)))
+        return (time.perf_counter() - start) * 1000 / rounds
 
 
-def main() -> None:
+def run(quick: bool = False) -> list[Figure]:
+    """Client cost per call (sequential, pipelined, threaded) against the raw frame round trip."""
+    rounds = 400 if quick else ROUNDS
     with tempfile.TemporaryDirectory(prefix="rpcb", dir="/tmp") as tmp:
         raw = UnixAddress(str(Path(tmp) / "raw.sock"))
-        baseline = asyncio.run(_baseline_ms(raw))
+        baseline = asyncio.run(_baseline_ms(raw, rounds))
         address = UnixAddress(str(Path(tmp) / "enclave.sock"))
         with ServerThread(address, FakeEnclave()):
-            sequential = asyncio.run(_client_ms(address, 1))
-            concurrent = asyncio.run(_client_ms(address, IN_FLIGHT))
-            threaded = _sync_ms(address, 8)
-    print(f"baseline raw frame round trip:          {baseline:.3f} ms/op")
-    print(f"async client, 1 in flight:              {sequential:.3f} ms/op")
-    print(f"async client, {IN_FLIGHT} in flight:             {concurrent:.3f} ms/op")
-    print(f"sync client, 8 threads:                 {threaded:.3f} ms/op")
-    print(f"client overhead per sequential call:    {sequential - baseline:.3f} ms")
-    print(f"pipelining speed-up (64 vs 1):          {sequential / concurrent:.1f}x")
+            sequential = asyncio.run(_client_ms(address, 1, rounds))
+            concurrent = asyncio.run(_client_ms(address, IN_FLIGHT, rounds))
+            threaded = _sync_ms(address, 8, rounds)
+    name = "raw frame round trip"
+    return [
+        aggregate("rpc", "async client, 1 in flight", sequential, "ms/op", rounds, name, baseline),
+        aggregate("rpc", f"async client, {IN_FLIGHT} in flight", concurrent, "ms/op", rounds,
+                  name, baseline),
+        aggregate("rpc", "sync client, 8 threads", threaded, "ms/op", rounds, name, baseline),
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    print(table(run()))
