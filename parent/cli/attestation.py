@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import re
 import warnings
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -15,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from parent.cli import CLIError
-from parent.cli._blobs import read_blob
+from parent.cli._blobs import read_blob, read_input
 from proto.attestation import (
     AttestationDocument,
     AttestationError,
@@ -100,11 +99,7 @@ def _seconds(value: str) -> dt.timedelta:
 def _read_root(path: str | None) -> AttestationVerifier:
     if path is None:
         return AttestationVerifier()
-    try:
-        with Path(path).open("rb") as fh:
-            data = fh.read(MAX_ROOT_FILE_BYTES + 1)
-    except OSError as exc:
-        raise CLIError(f"cannot read {path}: {exc.strerror or exc}", exit_code=2) from None
+    data = read_input(path, MAX_ROOT_FILE_BYTES, exit_code=2)
     try:
         return AttestationVerifier(data)
     except UntrustedRootError as exc:

@@ -13,15 +13,13 @@ import asyncio
 import base64
 import binascii
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from parent.cli import CLIError
-from parent.cli._blobs import decode_text_blob, parse_hex
+from parent.cli._blobs import decode_text_blob, parse_hex, read_input, write_private
 from parent.rpc.client import DEFAULT_TIMEOUT_S, AsyncEnclaveClient
 from parent.rpc.endpoint import enclave_address
 from parent.rpc.errors import RPCError
@@ -174,31 +172,6 @@ def _context(args: argparse.Namespace) -> dict[str, str] | None:
     return dict(args.context) if args.context else None
 
 
-def _read_input(source: str, limit: int) -> bytes:
-    """Raw bytes from FILE or `-` (stdin). Raises CLIError when unreadable or over `limit`."""
-    try:
-        if source == "-":
-            data = sys.stdin.buffer.read(limit + 1)
-        else:
-            with Path(source).open("rb") as fh:
-                data = fh.read(limit + 1)
-    except OSError as exc:
-        raise CLIError(f"cannot read {source}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise CLIError(f"{source}: input larger than {limit} bytes")
-    return data
-
-
-def _write_output(path: str, data: bytes) -> None:
-    """Write `data` to `path`, readable by the owner only (it may be plaintext)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-    except OSError as exc:
-        raise CLIError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
 # --- operations -------------------------------------------------------------------------------
 
 
@@ -264,7 +237,7 @@ def _configure_seal(parser: argparse.ArgumentParser) -> None:
 
 
 async def _seal(client: AsyncEnclaveClient, args: argparse.Namespace) -> Output:
-    plaintext = _read_input(args.input, m.MAX_SEAL_PLAINTEXT_BYTES)
+    plaintext = read_input(args.input, m.MAX_SEAL_PLAINTEXT_BYTES)
     result = await client.seal(
         plaintext,
         handle=args.handle,
@@ -278,7 +251,7 @@ async def _seal(client: AsyncEnclaveClient, args: argparse.Namespace) -> Output:
         "envelope_bytes": len(result.envelope),
     }
     if args.out:
-        _write_output(args.out, result.envelope)
+        write_private(args.out, result.envelope)
         output["out"] = args.out
         output["_human"] = f"wrote envelope ({len(result.envelope)} bytes) to {args.out}"
     else:
@@ -296,13 +269,13 @@ def _configure_unseal(parser: argparse.ArgumentParser) -> None:
 
 
 async def _unseal(client: AsyncEnclaveClient, args: argparse.Namespace) -> Output:
-    envelope = decode_text_blob(_read_input(args.input, MAX_ENVELOPE_TEXT_BYTES))
+    envelope = decode_text_blob(read_input(args.input, MAX_ENVELOPE_TEXT_BYTES))
     result = await client.unseal_result(
         envelope, encryption_context=_context(args), grant_tokens=args.grant_token
     )
     output: Output = {"key_id": result.key_id, "plaintext_bytes": len(result.plaintext)}
     if args.out:
-        _write_output(args.out, result.plaintext)
+        write_private(args.out, result.plaintext)
         output["out"] = args.out
         output["_human"] = f"wrote plaintext ({len(result.plaintext)} bytes) to {args.out}"
     elif args.json:
@@ -322,7 +295,7 @@ async def _attest(client: AsyncEnclaveClient, args: argparse.Namespace) -> Outpu
     nonce = parse_hex(args.nonce, "--nonce") if args.nonce is not None else None
     user_data = parse_hex(args.user_data, "--user-data") if args.user_data is not None else None
     document = await client.attest(nonce=nonce, user_data=user_data)
-    _write_output(args.out, document)
+    write_private(args.out, document)
     return {
         "out": args.out,
         "document_bytes": len(document),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from enclave.cms import (
 )
 from enclave.errors import DecryptionError
 from parent.cli import CLIError
-from parent.cli._blobs import read_blob
+from parent.cli._blobs import read_blob, read_input, write_private
 
 MAX_KEY_FILE_BYTES = 64 * 1024
 
@@ -117,19 +116,13 @@ def _decrypt(args: argparse.Namespace) -> int:
     if args.out is None:
         sys.stdout.write(base64.b64encode(plaintext).decode() + "\n")
         return 0
-    _write_private(Path(args.out), plaintext)
+    write_private(Path(args.out), plaintext)
     return 0
 
 
 def load_private_key(path: str) -> RSAPrivateKey:
     """Load an unencrypted PEM RSA private key (PKCS#1 or PKCS#8). Raises CLIError."""
-    try:
-        with Path(path).open("rb") as fh:
-            data = fh.read(MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise CLIError(f"cannot read key {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise CLIError(f"key {path}: larger than {MAX_KEY_FILE_BYTES} bytes")
+    data = read_input(path, MAX_KEY_FILE_BYTES, what="key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
@@ -141,12 +134,3 @@ def load_private_key(path: str) -> RSAPrivateKey:
     if not isinstance(key, RSAPrivateKey):
         raise CLIError(f"key {path}: not an RSA private key")
     return key
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-    except OSError as exc:
-        raise CLIError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from enclave.errors import EnclaveError
 from enclave.nsm import DEFAULT_DEVICE_PATH, NSMClient, NSMDescription, PCRState
 from parent.cli import CLIError
+from parent.cli._blobs import read_input
 
 MAX_PUBLIC_KEY_FILE_BYTES = 64 * 1024
 
@@ -118,13 +119,7 @@ def _pcr(args: argparse.Namespace) -> int:
 
 def _read_public_key(path: Path) -> bytes:
     """The DER SubjectPublicKeyInfo in `path` (DER or PEM). Raises CLIError."""
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_PUBLIC_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise CLIError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_PUBLIC_KEY_FILE_BYTES:
-        raise CLIError(f"{path}: too large for a public key")
+    data = read_input(path, MAX_PUBLIC_KEY_FILE_BYTES, what="public key")
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
             key = serialization.load_pem_public_key(data)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from parent.cli import CLIError
+from parent.cli._blobs import read_input
 from parent.policy import (
     MAX_MEASUREMENTS_BYTES,
     MAX_POLICY_BYTES,
@@ -71,20 +72,6 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=_run)
 
 
-def _read(path: Path, limit: int, what: str) -> bytes:
-    try:
-        if str(path) == "-":
-            data = sys.stdin.buffer.read(limit + 1)
-        else:
-            with path.open("rb") as stream:
-                data = stream.read(limit + 1)
-    except OSError as exc:
-        raise CLIError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise CLIError(f"{what} {str(path)!r} exceeds {limit} bytes")
-    return data
-
-
 def _run(args: argparse.Namespace) -> int:
     try:
         if args.check is not None:
@@ -96,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     measurements = parse_measurements(
-        _read(args.measurements, MAX_MEASUREMENTS_BYTES, "measurements file")
+        read_input(args.measurements, MAX_MEASUREMENTS_BYTES, what="measurements file")
     )
     extra = tuple(index for index, value in args.pcr if value is None)
     explicit = {index: value for index, value in args.pcr if value is not None}
@@ -118,7 +105,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    data = _read(args.check, MAX_POLICY_BYTES, "policy file")
+    data = read_input(args.check, MAX_POLICY_BYTES, what="policy file")
     try:
         document = json.loads(data)
     except (ValueError, UnicodeDecodeError):
