@@ -50,7 +50,7 @@ KEY_ID = schema.Text(MAX_KEY_ID_CHARS)
 HANDLE = schema.Text(MAX_HANDLE_CHARS, pattern=r"[A-Za-z0-9_-]+")
 CIPHERTEXT_BLOB = schema.Blob(MAX_CIPHERTEXT_BLOB_BYTES, min_bytes=1)
 ENCRYPTION_CONTEXT = schema.TextMap(max_pairs=64, max_total_chars=8192)
-GRANT_TOKENS = schema.TextList(10, schema.Text(8192))
+GRANT_TOKENS = schema.ListOf(10, schema.Text(8192))
 TIMESTAMP_MS = schema.Int(0, 2**63 - 1)
 REGION = schema.Text(64, pattern=r"[a-z]{2}(-[a-z0-9]+)+")
 
@@ -242,7 +242,7 @@ class DescribeResult(Body):
     service_version: str = _kind(schema.Text(64))
     nsm_version: str = _kind(schema.Text(64))
     digest: str = _kind(schema.Text(16))
-    locked_pcrs: tuple[int, ...] = _kind(schema.IntList(32, schema.Int(0, 31)))
+    locked_pcrs: tuple[int, ...] = _kind(schema.ListOf(32, schema.Int(0, 31)))
 
 
 @dataclass(frozen=True)

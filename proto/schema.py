@@ -108,24 +108,13 @@ class TextMap(Kind):
 
 
 @dataclass(frozen=True)
-class TextList(Kind):
+class ListOf(Kind):
+    """An array of at most `max_items` values of one kind (returned as a tuple)."""
+
     max_items: int
-    item: Text
+    item: Kind
 
-    def check(self, name: str, value: Any) -> tuple[str, ...]:
-        if not isinstance(value, list | tuple):
-            raise _fail(name, f"expected an array, got {_type_name(value)}")
-        if len(value) > self.max_items:
-            raise _fail(name, f"{len(value)} items; at most {self.max_items}")
-        return tuple(self.item.check(f"{name}[{i}]", v) for i, v in enumerate(value))
-
-
-@dataclass(frozen=True)
-class IntList(Kind):
-    max_items: int
-    item: Int
-
-    def check(self, name: str, value: Any) -> tuple[int, ...]:
+    def check(self, name: str, value: Any) -> tuple[Any, ...]:
         if not isinstance(value, list | tuple):
             raise _fail(name, f"expected an array, got {_type_name(value)}")
         if len(value) > self.max_items:
