@@ -16,7 +16,6 @@ runs one in a thread with its own loop (`start()` returns once it listens).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import fcntl
 import logging
@@ -26,18 +25,19 @@ import struct
 import subprocess
 import threading
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
 from enclave.errors import EnclaveError
-from proto.addresses import Address, VsockAddress, open_connection
+from proto.addresses import Address, VsockAddress
+from proto.errors import AddressError
+from proto.streams import Splice, connect_protocol
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RELAY = VsockAddress(3, 8000)
 KMS_PORT = 443
 MAX_HEADER_BYTES = 16 * 1024
-STREAM_LIMIT_BYTES = 64 * 1024
-CHUNK_BYTES = 64 * 1024
 HEADER_TIMEOUT_S = 10.0
 UPSTREAM_CONNECT_TIMEOUT_S = 5.0
 MAX_CONNECTIONS = 256
@@ -167,7 +167,13 @@ def _status_line(decision: ConnectDecision) -> bytes:
 
 
 class ConnectProxy:
-    """An asyncio HTTP CONNECT listener that tunnels only `kms_host:kms_port` to the relay."""
+    """An asyncio HTTP CONNECT listener that tunnels only `kms_host:kms_port` to the relay.
+
+    Each accepted connection starts as a `_HeadReader` protocol that buffers the request head
+    (bounded, with a timeout); a tunnel then splices the client's transport to the relay's with
+    `proto.streams.Splice`, so tunnelled bytes go from one transport to the other in the same
+    callback, with no stream buffers or coroutine per chunk.
+    """
 
     def __init__(
         self,
@@ -186,6 +192,7 @@ class ConnectProxy:
         self.max_connections = max_connections
         self.header_timeout_s, self.connect_timeout_s = header_timeout_s, connect_timeout_s
         self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.Transport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
 
@@ -195,9 +202,10 @@ class ConnectProxy:
 
     async def start(self) -> None:
         """Listen. Raises NetworkError if the address cannot be bound."""
+        loop = asyncio.get_running_loop()
         try:
-            self._server = await asyncio.start_server(
-                self._accept, self.listen_host, self._requested_port, limit=STREAM_LIMIT_BYTES
+            self._server = await loop.create_server(
+                lambda: _HeadReader(self), self.listen_host, self._requested_port
             )
         except OSError as exc:
             raise NetworkError(
@@ -212,78 +220,116 @@ class ConnectProxy:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for transport in list(self._clients):
+            transport.abort()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self._tasks) >= self.max_connections:
-            writer.write(_status_line(ConnectDecision(503, "Service Unavailable")))
-            await _close(writer)
-            return
-        self._tasks.add(task)
-        try:
-            await self._serve(reader, writer)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            log.debug("tunnel ended: %s", exc)
-        except asyncio.CancelledError:
-            # close() cut this tunnel. End the task normally: Python 3.11's stream callback
-            # calls task.exception() on it and would log a spurious error for a cancelled task.
-            pass
-        finally:
-            self._tasks.discard(task)
-            await _close(writer)
+    def _admit(self, transport: asyncio.Transport) -> bool:
+        if len(self._clients) >= self.max_connections:
+            return False
+        self._clients.add(transport)
+        return True
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await self._read_head(reader)
-        if head is None:
-            writer.write(_status_line(ConnectDecision(400, "Bad Request")))
-            return
+    def _tunnel(self, transport: asyncio.Transport, head: bytes, rest: bytes) -> None:
+        """Judge the head; for a CONNECT to KMS move the transport into a splice at once and
+        connect the relay in a task."""
         decision = decide_connect(head, self.kms_host, self.kms_port)
         if decision.status != 200:
             log.warning("refused proxy request: %s", head.split(b"\r\n", 1)[0][:200])
-            writer.write(_status_line(decision))
+            _refuse(transport, decision)
             return
+        splice = Splice()
+        transport.set_protocol(splice.a)
+        splice.a.connection_made(transport)
+        task = asyncio.get_running_loop().create_task(self._serve(splice, transport, rest))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, splice: Splice, transport: asyncio.Transport, rest: bytes) -> None:
         try:
-            async with asyncio.timeout(self.connect_timeout_s):
-                up_reader, up_writer = await open_connection(self.relay, limit=STREAM_LIMIT_BYTES)
-        except (OSError, TimeoutError) as exc:
-            log.warning("relay %s unreachable: %s", self.relay, exc)
-            writer.write(_status_line(ConnectDecision(502, "Bad Gateway")))
-            return
-        writer.write(_status_line(decision))
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            try:
+                async with asyncio.timeout(self.connect_timeout_s):
+                    await connect_protocol(self.relay, lambda: splice.b)
+            except (OSError, TimeoutError, AddressError) as exc:
+                log.warning("relay %s unreachable: %s", self.relay, exc)
+                _refuse(transport, ConnectDecision(502, "Bad Gateway"))
+                return
+            if splice.a.lost or transport.is_closing():
+                splice.abort()
+                return
+            transport.write(_status_line(ConnectDecision(200, "Connection established")))
+            splice.start(rest)
+            await splice.finished
+        except asyncio.CancelledError:
+            splice.abort()  # close() cut this tunnel
+            raise
         finally:
-            await _close(up_writer)
-
-    async def _read_head(self, reader: asyncio.StreamReader) -> bytes | None:
-        try:
-            async with asyncio.timeout(self.header_timeout_s):
-                head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-            return None
-        return head if len(head) <= MAX_HEADER_BYTES else None
+            self._clients.discard(transport)
 
 
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    """Copy until EOF, then half-close the sink; a broken side aborts the sink too."""
-    try:
-        while chunk := await source.read(CHUNK_BYTES):
-            sink.write(chunk)
-            await sink.drain()
-        if sink.can_write_eof() and not sink.is_closing():
-            sink.write_eof()
-    except OSError:
-        sink.transport.abort()
+def _refuse(transport: asyncio.Transport, decision: ConnectDecision) -> None:
+    if not transport.is_closing():
+        transport.write(_status_line(decision))
+        transport.close()
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(OSError, asyncio.CancelledError):
-        await writer.wait_closed()
+class _HeadReader(asyncio.Protocol):
+    """Reads one request head (at most MAX_HEADER_BYTES, within the header timeout), then hands
+    the transport to the proxy; anything else gets 400 and the connection is closed."""
+
+    def __init__(self, proxy: ConnectProxy) -> None:
+        self.proxy = proxy
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        if not self.proxy._admit(self.transport):
+            _refuse(self.transport, ConnectDecision(503, "Service Unavailable"))
+            return
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(self.proxy.header_timeout_s, self._bad_request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buffer) > MAX_HEADER_BYTES:
+                self._bad_request()
+            return
+        end += 4
+        if end > MAX_HEADER_BYTES:
+            self._bad_request()
+            return
+        self._stop_timer()
+        self.transport.pause_reading()
+        head, rest = bytes(self.buffer[:end]), bytes(self.buffer[end:])
+        self.buffer.clear()
+        self.proxy._tunnel(self.transport, head, rest)
+
+    def eof_received(self) -> bool:
+        self._bad_request()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timer()
+        if self.transport is not None:
+            self.proxy._clients.discard(self.transport)
+
+    def _bad_request(self) -> None:
+        self._stop_timer()
+        if self.transport is not None:
+            _refuse(self.transport, ConnectDecision(400, "Bad Request"))
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class ThreadedConnectProxy:

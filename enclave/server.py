@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from enclave.errors import EnclaveError
 from proto.addresses import Address, UnixAddress, bound_address, start_server
@@ -113,6 +113,8 @@ class RPCServer:
             await self._stopped.wait()
             return
         self._stopping.set()
+        for connection in self._connections:
+            connection.stop_reading()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -183,6 +185,7 @@ class _Connection:
         self.broken = False
         self.loop = asyncio.get_running_loop()
         self.last_progress = self.loop.time()
+        self.read_timeout: asyncio.Timeout | None = None
 
     async def run(self) -> None:
         try:
@@ -199,39 +202,46 @@ class _Connection:
         self._cancel_tasks()
         self.writer.transport.abort()
 
-    async def _read_loop(self) -> None:
-        stopping = asyncio.ensure_future(self.server._stopping.wait())
-        try:
-            while not self.broken:
-                data = await self._read(stopping)
-                if data is None:
-                    return
-                if not data:
-                    await self._eof()
-                    return
-                if not await self._feed(data):
-                    return
-        finally:
-            stopping.cancel()
+    def stop_reading(self) -> None:
+        """Shutdown: end the read loop now (requests in flight carry on until the grace)."""
+        if self.read_timeout is not None and not self.read_timeout.expired():
+            self.read_timeout.reschedule(self.loop.time())
 
-    async def _read(self, stopping: asyncio.Future[Any]) -> bytes | None:
-        """The next chunk; b"" at EOF; None on idle timeout or shutdown."""
-        while True:
-            remaining = self.last_progress + self.limits.idle_timeout_s - self.loop.time()
-            read: asyncio.Future[Any] = asyncio.ensure_future(self.reader.read(READ_CHUNK_BYTES))
-            done, _ = await asyncio.wait(
-                {read, stopping}, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED
-            )
-            if read in done:
-                data: bytes = read.result()
-                return data
-            read.cancel()
-            if stopping in done:
+    async def _read_loop(self) -> None:
+        while not self.broken:
+            data = await self._read()
+            if data is None:
+                return
+            if not data:
+                await self._eof()
+                return
+            if not await self._feed(data):
+                return
+
+    async def _read(self) -> bytes | None:
+        """The next chunk; b"" at EOF; None on idle timeout or shutdown.
+
+        One `asyncio.timeout` per read (a timer handle; no task or wait set per chunk), which
+        `stop_reading` fires early at shutdown.
+        """
+        while not self.server._stopping.is_set():
+            deadline = self.last_progress + self.limits.idle_timeout_s
+            try:
+                async with asyncio.timeout_at(deadline) as self.read_timeout:
+                    data: bytes = await self.reader.read(READ_CHUNK_BYTES)
+                    return data
+            except TimeoutError:
+                if self.read_timeout is None or not self.read_timeout.expired():
+                    raise
+            finally:
+                self.read_timeout = None
+            if self.server._stopping.is_set():
                 return None
             if not self.tasks:
                 await self._send_error(None, None, TIMEOUT, "connection idle too long")
                 return None
             self.last_progress = self.loop.time()
+        return None
 
     async def _eof(self) -> None:
         try:
@@ -286,22 +296,25 @@ class _Connection:
         code: str | None = None
         message, result = "", None
         future = self.server.run_handler(request.body)
+        timeout = asyncio.timeout(self.limits.request_timeout_s)
         try:
-            done, _ = await asyncio.wait({future}, timeout=self.limits.request_timeout_s)
+            async with timeout:
+                result = await future  # a timeout cancels the future (if not yet running)
+        except TimeoutError as exc:
+            if not timeout.expired():  # the handler's own TimeoutError: a bug, like any other
+                code, message = _internal(request, exc)
+            else:
+                code = TIMEOUT
+                message = (
+                    f"{request.operation} did not finish within {self.limits.request_timeout_s}s"
+                )
+        except EnclaveError as exc:
+            code, message = exc.code, exc.message
         except asyncio.CancelledError:
             future.cancel()
             raise
-        if not done:
-            future.cancel()
-            code = TIMEOUT
-            message = f"{request.operation} did not finish within {self.limits.request_timeout_s}s"
-        else:
-            try:
-                result = future.result()
-            except EnclaveError as exc:
-                code, message = exc.code, exc.message
-            except Exception as exc:
-                code, message = _internal(request, exc)
+        except Exception as exc:
+            code, message = _internal(request, exc)
         return code, message, result
 
     async def _reply(

@@ -34,6 +34,7 @@ __all__ = [
     "open_connection",
     "parse_address",
     "start_server",
+    "vsock_socket",
 ]
 
 VMADDR_CID_ANY = 0xFFFFFFFF
@@ -190,7 +191,8 @@ StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 ClientCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-def _vsock_socket() -> socket.socket:
+def vsock_socket() -> socket.socket:
+    """A new AF_VSOCK stream socket. Raises AddressError where the platform has none."""
     family = getattr(socket, "AF_VSOCK", None)
     if family is None:
         raise AddressError("this platform has no AF_VSOCK sockets")
@@ -223,7 +225,7 @@ async def open_connection(address: Address, **kwargs: Any) -> StreamPair:
                 raise
             return await asyncio.open_unix_connection(sock=sock, **kwargs)
         return await asyncio.open_unix_connection(address.path, **kwargs)
-    sock = _vsock_socket()
+    sock = vsock_socket()
     sock.setblocking(False)
     try:
         await asyncio.get_running_loop().sock_connect(sock, (address.cid, address.port))
@@ -250,7 +252,7 @@ async def start_server(
             return await asyncio.start_unix_server(callback, sock=sock, **kwargs)
         _remove_stale_unix_socket(address.path)
         return await asyncio.start_unix_server(callback, address.path, **kwargs)
-    sock = _vsock_socket()
+    sock = vsock_socket()
     try:
         sock.bind((address.cid, address.port))
         sock.listen(socket.SOMAXCONN)
@@ -286,7 +288,7 @@ def connect_socket(address: Address, timeout_s: float | None = None) -> socket.s
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         target: Any = address.sockaddr()
     else:
-        sock = _vsock_socket()
+        sock = vsock_socket()
         target = (address.cid, address.port)
     try:
         sock.settimeout(timeout_s)

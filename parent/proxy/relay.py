@@ -1,12 +1,12 @@
 """The relay: accept a client, connect upstream, copy bytes both ways; never look inside them.
 
-No threads and no coroutine per chunk: each side is an asyncio Protocol whose `data_received`
-hands the bytes straight to the other side's transport (cheaper than stream pumps, which copy
-every chunk twice and resume a coroutine per read). Backpressure uses the transports' own flow
-control: when one side's write buffer passes its high-water mark the other side stops reading, so a
-slow reader costs at most WRITE_HIGH_WATER_BYTES plus one read (256 KiB) per direction and stalls
-only its own pair. EOF on one side becomes `write_eof()` (shutdown SHUT_WR) on the other while the
-opposite direction keeps flowing; an error on either side aborts the pair.
+No threads and no coroutine per chunk: the two sockets are joined by `proto.streams.Splice` (the
+pump the enclave's CONNECT listener uses too), whose sides are asyncio Protocols that hand each
+read straight to the other transport. Backpressure uses the transports' own flow control: when one
+side's write buffer passes WRITE_HIGH_WATER_BYTES the other side stops reading, so a slow reader
+costs at most that plus one read (256 KiB) per direction and stalls only its own pair. EOF on one
+side becomes `write_eof()` (shutdown SHUT_WR) on the other while the opposite direction keeps
+flowing; an error on either side aborts the pair.
 
 Listening goes through `proto.addresses.start_server` with a plain (non-coroutine) callback, which
 asyncio calls from `connection_made`, before any data arrives; it moves the transport to our
@@ -26,6 +26,7 @@ from parent.proxy.logs import event
 from parent.proxy.metrics import Metrics
 from parent.proxy.resolver import Resolver
 from proto.addresses import Address, ClientCallback, bound_address, start_server
+from proto.streams import Splice
 
 WRITE_HIGH_WATER_BYTES = 256 * 1024
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
@@ -201,81 +202,36 @@ class Relay:
             raise UpstreamError(f"connect to {target} failed: {exc.strerror or exc}") from exc
 
 
-class _Side(asyncio.Protocol):
-    """One socket of a pair; forwards what it reads to its peer's transport."""
-
-    def __init__(self, pair: _Pair, direction: int) -> None:
-        self.pair = pair
-        self.direction = direction  # 0: client -> upstream, 1: upstream -> client
-        self.transport: asyncio.Transport | None = None
-        self.peer: _Side | None = None
-        self.eof = False
-        self.lost = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
-        if self.peer is None or self.peer.transport is None:
-            self.transport.pause_reading()  # until the other side exists
-
-    def data_received(self, data: bytes) -> None:
-        peer = self.peer
-        if peer is None or peer.transport is None or peer.transport.is_closing():
-            return
-        self.pair.activity(self.direction, len(data))
-        peer.transport.write(data)
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
-            peer.transport.write_eof()
-        self.pair.check_done()
-        return True
-
-    def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.pair.side_lost(exc)
-
-
 class _Pair:
-    """A client/upstream pair: two sides, byte counts, an idle timer and a finished future."""
+    """A client/upstream pair: a `Splice` (client is side a), byte counts, an idle timer."""
 
     def __init__(self, metrics: Metrics, idle_timeout_s: float | None, writer: Any) -> None:
         self.metrics = metrics
         self.idle_timeout_s = idle_timeout_s
         self.sent = [0, 0]
-        self.end_reason = "eof"
+        self._end_reason: str | None = None
         self._writer = writer  # keeps the StreamWriter (whose __del__ closes) alive with us
         self._loop = asyncio.get_running_loop()
         self._last_activity = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
-        self.finished: asyncio.Future[None] = self._loop.create_future()
-        self.client = _Side(self, 0)
-        self.upstream = _Side(self, 1)
+        self.splice = Splice(high_water=WRITE_HIGH_WATER_BYTES, on_activity=self.activity)
+        self.client, self.upstream = self.splice.a, self.splice.b
+        self.finished = self.splice.finished
+        self.finished.add_done_callback(self._stop_timer)
 
-    def sides(self) -> tuple[_Side, _Side]:
-        return self.client, self.upstream
+    @property
+    def end_reason(self) -> str:
+        if self._end_reason is not None:
+            return self._end_reason
+        return "error" if self.splice.error is not None else "eof"
 
     def start(self) -> None:
         """Link the sides once upstream is connected and let bytes flow."""
-        self.client.peer, self.upstream.peer = self.upstream, self.client
-        for side in self.sides():
-            if side.transport is not None and not side.transport.is_closing():
-                side.transport.resume_reading()
         if self.idle_timeout_s is not None:
             self._timer = self._loop.call_at(
                 self._last_activity + self.idle_timeout_s, self._check_idle
             )
-        self.check_done()
+        self.splice.start()
 
     def activity(self, direction: int, size: int) -> None:
         self._last_activity = self._loop.time()
@@ -286,34 +242,17 @@ class _Pair:
             self.metrics.bytes_to_client += size
 
     def buffered_bytes(self) -> int:
-        return sum(s.transport.get_write_buffer_size() for s in self.sides() if s.transport)
-
-    def check_done(self) -> None:
-        if self.client.eof and self.upstream.eof:
-            for side in self.sides():
-                if side.transport is not None:
-                    side.transport.close()  # flushes what is buffered, then closes
-
-    def side_lost(self, exc: Exception | None) -> None:
-        if exc is not None:
-            self.abort("error")
-        if all(s.lost or s.transport is None for s in self.sides()):
-            self._finish()
+        return self.splice.buffered_bytes()
 
     def abort(self, reason: str = "upstream_failed") -> None:
-        if self.end_reason == "eof":
-            self.end_reason = reason
-        for side in self.sides():
-            if side.transport is not None:
-                side.transport.abort()
-        if all(s.lost or s.transport is None for s in self.sides()):
-            self._finish()
+        if self._end_reason is None and self.splice.error is None:
+            self._end_reason = reason
+        self.splice.abort()
 
-    def _finish(self) -> None:
+    def _stop_timer(self, _: object = None) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if not self.finished.done():
-            self.finished.set_result(None)
+            self._timer = None
 
     def _check_idle(self) -> None:
         assert self.idle_timeout_s is not None
