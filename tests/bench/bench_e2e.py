@@ -15,6 +15,15 @@ Enclave overhead per fetch (c=1): each call's end-to-end time minus the local KM
 time for that call. The KMS runs with `--log-timing` and logs `server-time op=GenerateDataKey
 ms=...` per request (from body read to reply built: JSON, SigV4, policy, attestation verification,
 CMS encryption); at concurrency 1 the n-th logged GenerateDataKey is the n-th call.
+
+That handler time leaves out the KMS's TLS record decryption, HTTP parsing and reply writing,
+which a real KMS also does on its side of the wire; here they land in "enclave overhead". A
+second, informational row counts them as KMS: each call's time minus the KMS process's CPU time
+per call over the c=1 run (utime + stime from /proc; at c=1 the KMS serves nothing else). The
+target stays on the conservative handler-time row.
+
+`--skip-baseline` leaves out the slow kmstool-pattern runs (their rows show a baseline of 0),
+for iterating on the enclave's own figures.
 """
 
 from __future__ import annotations
@@ -67,16 +76,26 @@ class Run:
         return len(self.samples_s) / self.wall_s
 
 
-async def _enclave_levels(world: World, key: str, plan: Plan) -> tuple[dict[int, Run], int]:
-    """Each level's run on one client, after a warm-up; and the KMS log mark taken just before
-    the c=1 run."""
+def _cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of process `pid`, all threads (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _enclave_levels(world: World, key: str, plan: Plan) -> tuple[dict[int, Run], int, float]:
+    """Each level's run on one client, after a warm-up; the KMS log mark taken just before the
+    c=1 run; and the KMS process's CPU seconds per call during the c=1 run."""
     kms = world.process("kms")
     async with AsyncEnclaveClient(world.enclave_address, max_in_flight=max(LEVELS)) as client:
         for _ in range(WARMUP):
             await client.generate_data_key(key)
         mark = kms.mark()
-        runs = {c: await _level(client, key, plan.enclave[c], c) for c in LEVELS}
-    return runs, mark
+        cpu_before = _cpu_s(kms.pid)
+        runs = {1: await _level(client, key, plan.enclave[1], 1)}
+        kms_cpu = (_cpu_s(kms.pid) - cpu_before) / plan.enclave[1]
+        runs.update({c: await _level(client, key, plan.enclave[c], c) for c in LEVELS[1:]})
+    return runs, mark, kms_cpu
 
 
 async def _level(client: AsyncEnclaveClient, key: str, count: int, concurrency: int) -> Run:
@@ -157,10 +176,10 @@ def _kmstool_run(world: World, key: str, count: int, concurrency: int) -> Run:
 
 
 def _figures(enclave: dict[int, Run], kmstool: dict[int, Run], overhead: list[float],
-             inside: list[float]) -> list[Figure]:  # fmt: skip
+             inside: list[float], kms_cpu_s: float) -> list[Figure]:  # fmt: skip
     figures = []
     for c in LEVELS:
-        base = summarize(kmstool[c].samples_s, 1000)
+        base = summarize(kmstool[c].samples_s or [0.0], 1000)
         figures.append(figure("e2e", f"attested fetch latency, c={c}",
                               summarize(enclave[c].samples_s, 1000), "ms",
                               f"kmstool pattern, c={c}", base.median))  # fmt: skip
@@ -172,10 +191,13 @@ def _figures(enclave: dict[int, Run], kmstool: dict[int, Run], overhead: list[fl
     figures.append(figure("e2e", "enclave overhead per fetch (total - KMS), c=1",
                           summarize(overhead, 1000), "ms", "time inside KMS, c=1",
                           summarize(inside, 1000).median, target=TARGET_OVERHEAD_MS))  # fmt: skip
+    figures.append(figure("e2e", "enclave overhead (total - KMS process CPU), c=1",
+                          summarize([t - kms_cpu_s for t in enclave[1].samples_s], 1000), "ms",
+                          "KMS process CPU per call, c=1", kms_cpu_s * 1000))  # fmt: skip
     return figures
 
 
-def run(quick: bool = False) -> list[Figure]:
+def run(quick: bool = False, skip_baseline: bool = False) -> list[Figure]:
     """All end-to-end figures. Raises WorldError/ProcessFailed if the World does not start,
     RuntimeError if the baseline fails."""
     plan = Plan.make(quick)
@@ -185,18 +207,24 @@ def run(quick: bool = False) -> list[Figure]:
               enclave_args=["--log-level", "WARNING"]) as world,
     ):  # fmt: skip
         key = world.create_attested_key()
-        enclave, mark = asyncio.run(_enclave_levels(world, key, plan))
+        enclave, mark, kms_cpu_s = asyncio.run(_enclave_levels(world, key, plan))
         inside = _server_times_s(world, mark, plan.enclave[1])
-        kmstool = {c: _kmstool_run(world, key, plan.kmstool[c], c) for c in LEVELS}
+        kmstool = {
+            c: Run([], 1.0) if skip_baseline else _kmstool_run(world, key, plan.kmstool[c], c)
+            for c in LEVELS
+        }
     overhead = [t - k for t, k in zip(enclave[1].samples_s, inside, strict=True)]
-    return _figures(enclave, kmstool, overhead, inside)
+    return _figures(enclave, kmstool, overhead, inside, kms_cpu_s)
 
 
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.bench_e2e")
     parser.add_argument("--quick", action="store_true", help="few calls: a smoke test")
+    parser.add_argument(
+        "--skip-baseline", action="store_true", help="leave out the slow kmstool-pattern runs"
+    )
     args = parser.parse_args(argv)
-    print(table(run(args.quick)))
+    print(table(run(args.quick, args.skip_baseline)))
     return 0
 
 
