@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from tests.harness.files import atomic_write
 
 log = logging.getLogger("tests.harness.kms")
 
@@ -105,16 +106,12 @@ class FaultPlan:
         return plan if isinstance(plan, list) else []
 
     def _save(self, plan: list[Any]) -> None:
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(plan))
-        os.replace(temporary, self.path)
+        atomic_write(self.path, json.dumps(plan).encode())
 
 
 def write_plan(path: Path, faults: list[dict[str, Any]]) -> None:
     """Replace the plan atomically (the server never sees a half-written file)."""
-    temporary = path.with_name(path.name + ".writing")
-    temporary.write_text(json.dumps(faults))
-    os.replace(temporary, path)
+    atomic_write(path, json.dumps(faults).encode())
 
 
 def remaining(path: Path) -> int:

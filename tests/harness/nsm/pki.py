@@ -19,11 +19,9 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
-import os
 import re
 import secrets
 import struct
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +33,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
+
+from tests.harness.files import atomic_write
 
 ROOT_CERT_FILE = "root.pem"
 ROOT_KEY_FILE = "root-key.pem"
@@ -297,21 +297,6 @@ def _locked(state_dir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def root_certificate_path(state_dir: Path) -> Path:
     """Where `load_or_create(state_dir)` keeps the root certificate (PEM)."""
     return Path(state_dir) / ROOT_CERT_FILE
@@ -348,8 +333,8 @@ class SimulatedPKI:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            _write_atomic(key_path, key_pem, 0o600)
-            _write_atomic(
+            atomic_write(key_path, key_pem, 0o600)
+            atomic_write(
                 cert_path, root.certificate.public_bytes(serialization.Encoding.PEM), 0o644
             )
             return cls(root, region=region)
