@@ -10,6 +10,7 @@ import warnings
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
@@ -185,7 +186,7 @@ def _key_info(der: bytes | None) -> dict[str, Any] | None:
     info: dict[str, Any] = {"bytes": len(der), "hex": der.hex()}
     try:
         key = load_der_public_key(der)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         info["type"] = "not a SubjectPublicKeyInfo"
         return info
     if isinstance(key, rsa.RSAPublicKey):

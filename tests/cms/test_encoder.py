@@ -152,6 +152,12 @@ class TestValidation:
         with pytest.raises(ValueError, match="SubjectPublicKeyInfo"):
             encrypt_for_recipient(b"x", spki)
 
+    def test_rejects_unknown_key_algorithm(self, hello_key):
+        rsa_oid = bytes.fromhex("06092a864886f70d010101")
+        unknown = _spki(hello_key).replace(rsa_oid, bytes.fromhex("0609008648") + rsa_oid[5:], 1)
+        with pytest.raises(ValueError, match="SubjectPublicKeyInfo"):
+            encrypt_for_recipient(b"x", unknown)
+
     def test_rejects_nonpositive_chunk_size(self, hello_key):
         with pytest.raises(ValueError, match="chunk_size"):
             encrypt_for_recipient(b"x", _spki(hello_key), chunk_size=0)

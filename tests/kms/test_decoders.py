@@ -121,6 +121,22 @@ def test_any_corrupted_document_is_read_or_a_validation_error(data: st.DataObjec
     assert not recipient.verified or bytes(document) == _valid_document()
 
 
+def test_public_key_of_an_unknown_algorithm_is_a_validation_error() -> None:
+    # Found by the fuzz test above: one byte of the SPKI's algorithm OID changed makes
+    # cryptography raise UnsupportedAlgorithm, which must surface as ValidationException.
+    document = _valid_document()
+    rsa_oid = bytes.fromhex("06092a864886f70d010101")
+    assert rsa_oid in document
+    corrupted = document.replace(rsa_oid, bytes.fromhex("0609008648") + rsa_oid[5:], 1)
+    with pytest.raises(ValidationException):
+        READER.read(
+            {
+                "KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
+                "AttestationDocument": base64.b64encode(corrupted).decode(),
+            }
+        )
+
+
 _DOCUMENT: list[bytes] = []
 
 

@@ -16,6 +16,7 @@ import hashlib
 import os
 from collections.abc import Callable
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, padding, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.padding import MGF1, OAEP
@@ -97,7 +98,7 @@ def recipient_public_key(recipient_spki_der: bytes) -> rsa.RSAPublicKey:
         raise ValueError("recipient public key must be a DER SubjectPublicKeyInfo")
     try:
         key = serialization.load_der_public_key(recipient_spki_der)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ValueError("recipient public key is not a valid DER SubjectPublicKeyInfo") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise ValueError("recipient public key must be an RSA key")

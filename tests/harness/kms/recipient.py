@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
@@ -117,7 +118,7 @@ def _document_bytes(value: Any) -> bytes:
 def _check_rsa(public_key_der: bytes) -> None:
     try:
         key = load_der_public_key(public_key_der)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ValidationException(
             "The attestation document's public key is not a DER SubjectPublicKeyInfo"
         ) from None
