@@ -8,6 +8,7 @@ the error class differs (LocalProtocolError here, mapped to RemoteProtocolError 
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +26,11 @@ def _type_name(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
-class Kind:
+class Kind(ABC):
     """Validate and return a value for a named field. Subclasses raise LocalProtocolError."""
 
-    def check(self, name: str, value: Any) -> Any:
-        raise NotImplementedError  # pragma: no cover - abstract
+    @abstractmethod
+    def check(self, name: str, value: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
