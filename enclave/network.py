@@ -29,9 +29,9 @@ from typing import cast
 from urllib.parse import urlsplit
 
 from enclave.errors import EnclaveError
-from proto.addresses import Address, VsockAddress
+from proto.addresses import Address, VsockAddress, connect_protocol
 from proto.errors import AddressError
-from proto.streams import Splice, connect_protocol
+from proto.streams import Splice
 
 log = logging.getLogger(__name__)
 

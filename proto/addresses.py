@@ -29,6 +29,7 @@ __all__ = [
     "UnixAddress",
     "VsockAddress",
     "bound_address",
+    "connect_protocol",
     "connect_socket",
     "format_address",
     "open_connection",
@@ -188,6 +189,7 @@ def _check_host(host: str) -> None:
 # --- sockets ---------------------------------------------------------------------------------
 
 StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+STREAM_LIMIT_BYTES = 64 * 1024  # asyncio's own default StreamReader limit
 ClientCallback = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
@@ -210,29 +212,47 @@ def _remove_stale_unix_socket(path: str) -> None:
     os.unlink(path)
 
 
-async def open_connection(address: Address, **kwargs: Any) -> StreamPair:
-    """Connect to `address` and return asyncio streams. Raises OSError when the peer is absent."""
+async def connect_protocol(
+    address: Address, factory: Callable[[], asyncio.Protocol]
+) -> asyncio.Transport:
+    """Connect to `address` with a protocol from `factory` (no streams in between).
+
+    Raises OSError when the peer is absent, AddressError for vsock on a platform without it.
+    """
+    loop = asyncio.get_running_loop()
+    transport: asyncio.Transport
     if isinstance(address, TcpAddress):
-        return await asyncio.open_connection(address.host, address.port, **kwargs)
+        transport, _ = await loop.create_connection(factory, address.host, address.port)
+        return transport
+    if isinstance(address, UnixAddress) and not address.abstract:
+        transport, _ = await loop.create_unix_connection(factory, address.path)
+        return transport
     if isinstance(address, UnixAddress):
-        if address.abstract:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            try:
-                await asyncio.get_running_loop().sock_connect(sock, address.sockaddr())
-            except BaseException:
-                sock.close()
-                raise
-            return await asyncio.open_unix_connection(sock=sock, **kwargs)
-        return await asyncio.open_unix_connection(address.path, **kwargs)
-    sock = vsock_socket()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: Any = address.sockaddr()
+    else:
+        sock = vsock_socket()
+        target = (address.cid, address.port)
     sock.setblocking(False)
     try:
-        await asyncio.get_running_loop().sock_connect(sock, (address.cid, address.port))
+        await loop.sock_connect(sock, target)
+        if isinstance(address, UnixAddress):
+            transport, _ = await loop.create_unix_connection(factory, sock=sock)
+        else:
+            transport, _ = await loop.create_connection(factory, sock=sock)
     except BaseException:
         sock.close()
         raise
-    return await asyncio.open_connection(sock=sock, **kwargs)
+    return transport
+
+
+async def open_connection(address: Address, *, limit: int = STREAM_LIMIT_BYTES) -> StreamPair:
+    """Connect to `address` and return asyncio streams. Raises OSError when the peer is absent."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport = await connect_protocol(address, lambda: protocol)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 async def start_server(

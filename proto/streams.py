@@ -19,11 +19,8 @@ either side aborts both.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 from typing import cast
-
-from proto.addresses import Address, TcpAddress, UnixAddress, vsock_socket
 
 DEFAULT_HIGH_WATER_BYTES = 256 * 1024
 
@@ -142,36 +139,3 @@ class Splice:
         gone = all(s.lost or s.transport is None for s in self.sides())
         if gone and not self.finished.done():
             self.finished.set_result(None)
-
-
-async def connect_protocol(
-    address: Address, factory: Callable[[], asyncio.Protocol]
-) -> asyncio.Transport:
-    """Connect to `address` with a protocol from `factory` (no streams in between).
-
-    Raises OSError when the peer is absent, AddressError for vsock on a platform without it.
-    """
-    loop = asyncio.get_running_loop()
-    transport: asyncio.Transport
-    if isinstance(address, TcpAddress):
-        transport, _ = await loop.create_connection(factory, address.host, address.port)
-    elif isinstance(address, UnixAddress) and not address.abstract:
-        transport, _ = await loop.create_unix_connection(factory, address.path)
-    else:
-        if isinstance(address, UnixAddress):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            target: object = address.sockaddr()
-        else:
-            sock = vsock_socket()
-            target = (address.cid, address.port)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, target)  # type: ignore[arg-type]
-            if isinstance(address, UnixAddress):
-                transport, _ = await loop.create_unix_connection(factory, sock=sock)
-            else:
-                transport, _ = await loop.create_connection(factory, sock=sock)
-        except BaseException:
-            sock.close()
-            raise
-    return transport

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from proto.addresses import TcpAddress, UnixAddress
-from proto.streams import Splice, connect_protocol
+from proto.addresses import TcpAddress, UnixAddress, connect_protocol
+from proto.streams import Splice
 
 TIMEOUT_S = 10.0
 PAYLOAD = os.urandom(2 * 1024 * 1024 + 5)
