@@ -2,8 +2,8 @@
 
     .venv/bin/python -m tests.bench.bench_enclave [--requests N]
 
-Stack: local KMS, parent relay (`nitrokms proxy`), the enclave under the simulated NSM (as in the
-integration tests). Measured, at concurrency 1 and 16:
+Stack: one `World` (local KMS, parent relay, the enclave under the simulated NSM, isolated, with
+credentials from the credential provider). Measured, at concurrency 1 and 16:
 - enclave: RPC GenerateDataKey from a parent-side client (RPC + thread hop + attestation document
   + CONNECT proxy + relay + TLS request to KMS + CMS decrypt + keyring);
 - baseline (time inside KMS as a client sees it): the same GenerateDataKey with a Recipient (a
@@ -24,17 +24,16 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from proto import messages as m
-from proto.addresses import UnixAddress
+from proto.addresses import Address, parse_address
 from proto.messages import Reply
 from tests.bench.common import Figure, figure, summarize, table
 from tests.enclave.rpc_client import Client
-from tests.enclave.stack import Enclave, Relay, start_kms, stop_all
+from tests.harness.world import World
 
 WARMUP = 20
 
@@ -55,18 +54,20 @@ async def _timed_concurrently(
 
 
 def _baseline(
-    kms: Any, key_arn: str, documents: list[bytes], requests: int, concurrency: int
+    world: World, key_arn: str, documents: list[bytes], requests: int, concurrency: int
 ) -> list[float]:
     import boto3
     import botocore.config
 
+    parent = world.parent_credentials()
     client = boto3.client(
         "kms",
-        endpoint_url=kms.url,
-        region_name=kms.region,
-        verify=str(kms.ca_path),
-        aws_access_key_id=kms.access_key_id,
-        aws_secret_access_key=kms.secret_access_key,
+        endpoint_url=world.kms_url,
+        region_name=world.region,
+        verify=str(world.kms_ca_path),
+        aws_access_key_id=parent.access_key_id,
+        aws_secret_access_key=parent.secret_access_key,
+        aws_session_token=parent.session_token,
         config=botocore.config.Config(max_pool_connections=concurrency),
     )
 
@@ -100,9 +101,7 @@ def _documents(nsm_state: Path, count: int) -> list[bytes]:
     return [nsm.get_attestation_doc(public_key=spki) for _ in range(count)]
 
 
-async def _enclave_runs(
-    address: UnixAddress, key_arn: str, requests: int
-) -> dict[str, list[float]]:
+async def _enclave_runs(address: Address, key_arn: str, requests: int) -> dict[str, list[float]]:
     client = await Client.connect(address)
 
     async def generate() -> None:
@@ -123,43 +122,21 @@ async def _enclave_runs(
     return results
 
 
-async def _set_credentials(address: UnixAddress, kms: Any) -> None:
-    client = await Client.connect(address)
-    reply = await client.call(
-        m.SetCredentialsRequest(
-            access_key_id=kms.access_key_id,
-            secret_access_key=kms.secret_access_key,
-            region=kms.region,
-        )
-    )
-    assert isinstance(reply, Reply), reply
-    client.close()
-
-
 def run(quick: bool = False, requests: int | None = None) -> list[Figure]:
     """Enclave service GenerateDataKey at c=1 and c=16 against boto3 straight to the local KMS."""
     requests = requests or (32 if quick else 320)
-    with tempfile.TemporaryDirectory(prefix="bench-enclave-") as tmp:
-        workdir = Path(tmp)
-        nsm_state = workdir / "nsm"
-        kms = relay = enclave = None
-        try:
-            kms = start_kms(workdir, nsm_state)
-            relay = Relay.start(workdir, int(kms.url.rsplit(":", 1)[1]))
-            enclave = Enclave.start(
-                workdir, nsm_state, kms, relay, "--log-level", "WARNING", "--pool-size", "4"
-            )
-            address = UnixAddress(str(enclave.socket_path))
-            key_arn = kms.client().create_key()["KeyMetadata"]["Arn"]  # type: ignore[attr-defined]
-            asyncio.run(_set_credentials(address, kms))
-            documents = _documents(nsm_state, requests + WARMUP)
-            results = {
-                "baseline c=1": _baseline(kms, key_arn, documents, requests, 1),
-                "baseline c=16": _baseline(kms, key_arn, documents, requests, 16),
-            }
-            results.update(asyncio.run(_enclave_runs(address, key_arn, requests)))
-        finally:
-            stop_all(kms, relay, enclave)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-enclave-") as tmp,
+        World(Path(tmp), enclave_args=("--log-level", "WARNING", "--pool-size", "4")) as world,
+    ):
+        address = parse_address(world.enclave_address)
+        key_arn = world.kms_admin().create_key()["KeyMetadata"]["Arn"]
+        documents = _documents(world.nsm_state, requests + WARMUP)
+        results = {
+            "baseline c=1": _baseline(world, key_arn, documents, requests, 1),
+            "baseline c=16": _baseline(world, key_arn, documents, requests, 16),
+        }
+        results.update(asyncio.run(_enclave_runs(address, key_arn, requests)))
     stats = {name: summarize(samples, 1000) for name, samples in results.items()}
     direct = "boto3 + Recipient straight to KMS"
     return [
