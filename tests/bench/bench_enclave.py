@@ -56,20 +56,9 @@ async def _timed_concurrently(
 def _baseline(
     world: World, key_arn: str, documents: list[bytes], requests: int, concurrency: int
 ) -> list[float]:
-    import boto3
     import botocore.config
 
-    parent = world.parent_credentials()
-    client = boto3.client(
-        "kms",
-        endpoint_url=world.kms_url,
-        region_name=world.region,
-        verify=str(world.kms_ca_path),
-        aws_access_key_id=parent.access_key_id,
-        aws_secret_access_key=parent.secret_access_key,
-        aws_session_token=parent.session_token,
-        config=botocore.config.Config(max_pool_connections=concurrency),
-    )
+    client = world.kms_as_parent(config=botocore.config.Config(max_pool_connections=concurrency))
 
     def once(index: int) -> float:
         recipient = {

@@ -11,7 +11,6 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
 from parent.rpc import AccessDeniedError, EnclaveClient, RemoteError
@@ -77,16 +76,7 @@ def test_the_pinned_enclave_gets_keys_that_never_leave_it(world: World, pinned_k
 
 
 def test_the_parent_role_alone_cannot_get_a_key(world: World, pinned_key: str):
-    parent = world.parent_credentials()
-    direct: Any = boto3.client(
-        "kms",
-        endpoint_url=world.kms_url,
-        region_name=world.region,
-        verify=str(world.kms_ca_path),
-        aws_access_key_id=parent.access_key_id,
-        aws_secret_access_key=parent.secret_access_key,
-        aws_session_token=parent.session_token,
-    )
+    direct: Any = world.kms_as_parent()
     with pytest.raises(direct.exceptions.ClientError, match="AccessDeniedException"):
         direct.generate_data_key(KeyId=pinned_key, KeySpec="AES_256")
 

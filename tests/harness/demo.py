@@ -156,18 +156,7 @@ def step_generate(say: Narrator, world: World, key: str) -> tuple[str, bytes]:
         "opened only inside the enclave) and no Plaintext. The parent got a handle and the "
         "encrypted blob, nothing it could decrypt."
     )
-    parent = world.parent_credentials()
-    import boto3
-
-    direct = boto3.client(
-        "kms",
-        endpoint_url=world.kms_url,
-        region_name=world.region,
-        verify=str(world.kms_ca_path),
-        aws_access_key_id=parent.access_key_id,
-        aws_secret_access_key=parent.secret_access_key,
-        aws_session_token=parent.session_token,
-    )
+    direct = world.kms_as_parent()
     try:
         direct.generate_data_key(KeyId=key, KeySpec="AES_256")
     except direct.exceptions.ClientError as exc:

@@ -305,17 +305,28 @@ class World:
 
     def kms_admin(self) -> Any:
         """A boto3 KMS client signed with the admin credentials (the account root)."""
-        import boto3
-
         if self._admin is None:
             raise WorldError("the world is not started")
+        return self.kms_client(self._admin)
+
+    def kms_as_parent(self, **client_kwargs: Any) -> Any:
+        """A boto3 KMS client signed as the parent role, talking to KMS directly (no enclave,
+        no attestation): what a compromised parent could do with the credentials."""
+        return self.kms_client(self.parent_credentials(), **client_kwargs)
+
+    def kms_client(self, credential: Credential, **client_kwargs: Any) -> Any:
+        """A boto3 KMS client for this world's local KMS, signed with `credential`."""
+        import boto3
+
         return boto3.client(
             "kms",
             endpoint_url=self.kms_url,
             region_name=self.region,
             verify=str(self.kms_ca_path),
-            aws_access_key_id=self._admin.access_key_id,
-            aws_secret_access_key=self._admin.secret_access_key,
+            aws_access_key_id=credential.access_key_id,
+            aws_secret_access_key=credential.secret_access_key,
+            aws_session_token=credential.session_token,
+            **client_kwargs,
         )
 
     def parent_credentials(self) -> Credential:
