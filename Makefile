@@ -11,25 +11,20 @@ PYTEST_ARGS ?=
 
 all: test
 
-$(STAMP): pyproject.toml
+# The editable install also compiles the simulated NSM's preload library (an extension module of
+# nitrokms.sim, built next to sim/nsm/preload.c), so a change to the C source reinstalls.
+$(STAMP): pyproject.toml sim/nsm/preload.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
-	# Make the checkout's `tests` package (the harness) importable from anywhere via this venv.
-	echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nitrokms-checkout.pth"
 	touch $@
 
 venv: $(STAMP)
 
-# Compiled helpers the tests and the harness need.
-NSM_PRELOAD := build/libnsmsim.so
+build: venv
 
-build: venv $(NSM_PRELOAD)
-
-$(NSM_PRELOAD): tests/harness/nsm/preload.c
-	mkdir -p $(@D)
-	gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o $@ $< -ldl -lpthread
-
+# ruff also enforces the import rules (the ruff.toml in each package folder: proto is sans-I/O,
+# the wings never import each other, production never imports the simulated world or tests).
 lint: venv lint-image
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -38,7 +33,13 @@ lint: venv lint-image
 lint-image: venv
 	$(VENV)/bin/hadolint Dockerfile.enclave
 
+# mypy cannot follow setuptools' package-dir mapping, so it reads the package through a tree of
+# symlinks that lays the folders out as they install (build/typecheck/nitrokms/{enclave,...}).
+TYPECHECK_TREE := build/typecheck/nitrokms
 typecheck: venv
+	rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)
+	for f in nitrokms/*; do ln -s "$(CURDIR)/$$f" $(TYPECHECK_TREE)/; done
+	for d in enclave parent proto transport sim; do ln -s "$(CURDIR)/$$d" $(TYPECHECK_TREE)/$$d; done
 	$(VENV)/bin/mypy
 
 pytest: build
@@ -48,7 +49,7 @@ test: lint typecheck pytest
 
 # The simulated world, narrated: local KMS, attested key, isolated enclave, denials explained.
 demo: build
-	$(VENV)/bin/python -m tests.harness demo
+	$(VENV)/bin/python -m nitrokms.sim demo
 
 # Every figure beside a baseline measured in the same run (BENCHMARKS.md); about five minutes.
 bench: build

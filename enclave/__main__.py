@@ -1,4 +1,4 @@
-"""`python -m enclave`: the enclave service's entry point (the image's CMD).
+"""`python -m nitrokms.enclave`: the enclave service's entry point (the image's CMD).
 
 Brings loopback up, starts the recipient key pool, the in-enclave KMS CONNECT proxy and the RPC
 server, then prints `{"event": "ready", "listen": ADDRESS, "pid": PID}` on stderr. On SIGTERM or
@@ -16,15 +16,15 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from enclave.config import Config, log_level, parse_config
-from enclave.errors import EnclaveError
-from enclave.keypool import RecipientKeyPool
-from enclave.keyring import Keyring
-from enclave.kms import EnclaveKMS
-from enclave.network import ConnectProxy, bring_up_loopback
-from enclave.nsm import NSMClient
-from enclave.server import RPCServer, ServerLimits
-from enclave.service import EnclaveService
+from nitrokms.enclave.config import Config, log_level, parse_config
+from nitrokms.enclave.errors import EnclaveError
+from nitrokms.enclave.keypool import RecipientKeyPool
+from nitrokms.enclave.keyring import Keyring
+from nitrokms.enclave.kms import EnclaveKMS
+from nitrokms.enclave.network import ConnectProxy, bring_up_loopback
+from nitrokms.enclave.nsm import NSMClient
+from nitrokms.enclave.server import RPCServer, ServerLimits
+from nitrokms.enclave.service import EnclaveService
 
 log = logging.getLogger("enclave")
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from enclave.cms import decrypt_enveloped_data
-from enclave.errors import EnclaveError
-from enclave.keypool import RecipientKey, RecipientKeyPool
+from nitrokms.enclave.cms import decrypt_enveloped_data
+from nitrokms.enclave.errors import EnclaveError
+from nitrokms.enclave.keypool import RecipientKey, RecipientKeyPool
 
 KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
 SERVICE_EVENT_ID = "kms"

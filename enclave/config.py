@@ -1,7 +1,7 @@
-"""Configuration of `python -m enclave`: command-line options over `NITROKMS_*` environment.
-
-Every option has an environment variable (named in `--help`); an option given on the command line
-wins. Nothing secret is configured here: credentials arrive over RPC (SetCredentials).
+"""Configuration of `python -m nitrokms.enclave`: command-line options over the `NITROKMS_*`
+environment. Every option has an environment variable (named in `--help`); an option given on
+the command line wins. Nothing secret is configured here: credentials arrive over RPC
+(SetCredentials).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from enclave import __version__
-from proto.addresses import Address, parse_address
-from proto.errors import AddressError
-from proto.framing import DEFAULT_MAX_FRAME_BYTES
-from proto.messages import REGION
+from nitrokms import __version__
+from nitrokms.proto.addresses import Address, parse_address
+from nitrokms.proto.errors import AddressError
+from nitrokms.proto.framing import DEFAULT_MAX_FRAME_BYTES
+from nitrokms.proto.messages import REGION
 
 ENV_PREFIX: Final = "NITROKMS_"
 DEFAULT_LISTEN: Final = "vsock://any:5000"
@@ -97,7 +97,7 @@ def split_endpoint(text: str) -> tuple[str, int]:
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m enclave",
+        prog="python -m nitrokms.enclave",
         description="The nitrokms enclave service: attested KMS data keys behind an RPC socket.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

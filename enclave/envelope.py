@@ -37,9 +37,8 @@ from typing import Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from enclave.errors import DecryptionError, EnclaveError
-from proto.messages import (
+from nitrokms.enclave.errors import DecryptionError, EnclaveError
+from nitrokms.proto.messages import (
     MAX_CIPHERTEXT_BLOB_BYTES,
     MAX_ENVELOPE_BYTES,
     MAX_KEY_ID_CHARS,

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-from enclave.errors import EnclaveError
+from nitrokms.enclave.errors import EnclaveError
 
 PUBLIC_EXPONENT = 65537
 ALLOWED_KEY_BITS = (2048, 3072, 4096)

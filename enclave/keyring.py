@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Final
 
-from enclave.errors import EnclaveError
+from nitrokms.enclave.errors import EnclaveError
 
 DEFAULT_MAX_KEYS: Final = 1024
 DEFAULT_KEY_TTL_S: Final = 3600.0

@@ -35,10 +35,9 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
-
-from enclave.attested_kms import Attestor, attach_recipient
-from enclave.errors import EnclaveError
-from enclave.keypool import RecipientKeyPool
+from nitrokms.enclave.attested_kms import Attestor, attach_recipient
+from nitrokms.enclave.errors import EnclaveError
+from nitrokms.enclave.keypool import RecipientKeyPool
 
 DEFAULT_MAX_ATTEMPTS = 4
 DEFAULT_CONNECT_TIMEOUT_S = 3.0

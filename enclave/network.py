@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
 
-from enclave.errors import EnclaveError
-from proto.addresses import Address, VsockAddress, connect_protocol
-from proto.errors import AddressError
-from proto.streams import Splice
+from nitrokms.enclave.errors import EnclaveError
+from nitrokms.proto.addresses import Address, VsockAddress
+from nitrokms.proto.errors import AddressError
+from nitrokms.transport.sockets import connect_protocol
+from nitrokms.transport.splice import Splice
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +172,8 @@ class ConnectProxy:
 
     Each accepted connection starts as a `_HeadReader` protocol that buffers the request head
     (bounded, with a timeout); a tunnel then splices the client's transport to the relay's with
-    `proto.streams.Splice`, so tunnelled bytes go from one transport to the other in the same
-    callback, with no stream buffers or coroutine per chunk.
+    `nitrokms.transport.splice.Splice`, so tunnelled bytes go from one transport to the other in
+    the same callback, with no stream buffers or coroutine per chunk.
     """
 
     def __init__(

@@ -26,12 +26,18 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
-from enclave.errors import EnclaveError
-from proto.addresses import Address, UnixAddress, bound_address, start_server
-from proto.connection import TOO_MANY_IN_FLIGHT, BadRequest, ServerConnection, error_reply_for
-from proto.errors import ProtocolError, RemoteProtocolError
-from proto.framing import DEFAULT_MAX_FRAME_BYTES
-from proto.messages import Body, Request
+from nitrokms.enclave.errors import EnclaveError
+from nitrokms.proto.addresses import Address, UnixAddress
+from nitrokms.proto.connection import (
+    TOO_MANY_IN_FLIGHT,
+    BadRequest,
+    ServerConnection,
+    error_reply_for,
+)
+from nitrokms.proto.errors import ProtocolError, RemoteProtocolError
+from nitrokms.proto.framing import DEFAULT_MAX_FRAME_BYTES
+from nitrokms.proto.messages import Body, Request
+from nitrokms.transport.sockets import bound_address, start_server
 
 log = logging.getLogger("enclave.server")
 

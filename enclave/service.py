@@ -22,10 +22,11 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Protocol
 
-from enclave import __version__, envelope
-from enclave.errors import DecryptionError, EnclaveError
-from enclave.keyring import Keyring, UnknownHandleError, context_key
-from proto import messages as m
+from nitrokms import __version__
+from nitrokms.enclave import envelope
+from nitrokms.enclave.errors import DecryptionError, EnclaveError
+from nitrokms.enclave.keyring import Keyring, UnknownHandleError, context_key
+from nitrokms.proto import messages as m
 
 DEBUG_PCRS: Final = (0, 1, 2)
 DESCRIBED_PCRS: Final = range(16)

@@ -21,9 +21,8 @@ from typing import Any, Final, Protocol
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
-
-from parent.rpc.client import AsyncEnclaveClient
-from parent.rpc.errors import RPCError
+from nitrokms.parent.rpc.client import AsyncEnclaveClient
+from nitrokms.parent.rpc.errors import RPCError
 
 DEFAULT_REFRESH_MARGIN_S: Final = 300.0
 DEFAULT_POLL_INTERVAL_S: Final = 30.0

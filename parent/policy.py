@@ -13,7 +13,7 @@ The generated policy has two kinds of statement:
   nothing that reads or uses key material. `kms:CreateGrant` is left out on purpose: a grant lets
   its grantee call Decrypt without the key policy's conditions.
 
-Every function here is pure; files and argv belong to `parent.cli.policy`.
+Every function here is pure; files and argv belong to `nitrokms.cli.policy`.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from proto.errors import LocalProtocolError, RemoteProtocolError
-from proto.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
-from proto.messages import (
+from nitrokms.proto.errors import LocalProtocolError, RemoteProtocolError
+from nitrokms.proto.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
+from nitrokms.proto.messages import (
     MAX_REQUEST_ID,
     Body,
     ErrorReply,

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterator
 from typing import Final
 
-from proto.errors import LocalProtocolError, RemoteProtocolError
+from nitrokms.proto.errors import LocalProtocolError, RemoteProtocolError
 
 HEADER_BYTES: Final = 4
 DEFAULT_MAX_FRAME_BYTES: Final = 4 * 1024 * 1024

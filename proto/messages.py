@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Self
 
 import cbor2
-
-from proto import schema
-from proto.errors import LocalProtocolError, RemoteProtocolError
+from nitrokms.proto import schema
+from nitrokms.proto.errors import LocalProtocolError, RemoteProtocolError
 
 PROTOCOL_VERSION: Final = 1
 MAX_REQUEST_ID: Final = 2**53 - 1  # exact in every JSON/JS number as well

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from proto.errors import LocalProtocolError
+from nitrokms.proto.errors import LocalProtocolError
 
 INVALID_FIELD = "protocol.InvalidField"
 

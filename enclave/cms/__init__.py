@@ -7,18 +7,18 @@ cryptography through `cryptography`. All pure functions over bytes.
 
 from __future__ import annotations
 
-from enclave.cms.decrypt import (
+from nitrokms.enclave.cms.decrypt import (
     decrypt_enveloped_data,
     inspect_enveloped_data,
     subject_key_identifier,
 )
-from enclave.cms.errors import (
+from nitrokms.enclave.cms.errors import (
     CMSError,
     CMSFormatError,
     UnknownRecipientError,
     UnsupportedCMSError,
 )
-from enclave.cms.structure import MAX_BLOB_BYTES, EnvelopedInfo, RecipientInfo
+from nitrokms.enclave.cms.structure import MAX_BLOB_BYTES, EnvelopedInfo, RecipientInfo
 
 __all__ = [
     "MAX_BLOB_BYTES",

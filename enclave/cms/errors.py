@@ -6,7 +6,7 @@ wrong key, bad OAEP, a wrong content-key length and bad padding alike.
 
 from __future__ import annotations
 
-from enclave.errors import EnclaveError
+from nitrokms.enclave.errors import EnclaveError
 
 
 class CMSError(EnclaveError):

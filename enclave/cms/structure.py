@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from enclave.cms import ber
-from enclave.cms.ber import CONTEXT, UNIVERSAL, Element
-from enclave.cms.errors import CMSFormatError
+from nitrokms.enclave.cms import ber
+from nitrokms.enclave.cms.ber import CONTEXT, UNIVERSAL, Element
+from nitrokms.enclave.cms.errors import CMSFormatError
 
 MAX_BLOB_BYTES = 64 * 1024
 MAX_RECIPIENTS = 16

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from enclave.nsm.backend import NSMBackend, NSMTransport, TransportBackend
-from enclave.nsm.client import NSMClient
-from enclave.nsm.codec import NSMDescription, PCRState
-from enclave.nsm.device import DEFAULT_DEVICE_PATH, DeviceTransport
-from enclave.nsm.errors import NSMError, NSMErrorCode, NSMUnavailableError
-from enclave.nsm.libnsm import LibNSMBackend
+from nitrokms.enclave.nsm.backend import NSMBackend, NSMTransport, TransportBackend
+from nitrokms.enclave.nsm.client import NSMClient
+from nitrokms.enclave.nsm.codec import NSMDescription, PCRState
+from nitrokms.enclave.nsm.device import DEFAULT_DEVICE_PATH, DeviceTransport
+from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode, NSMUnavailableError
+from nitrokms.enclave.nsm.libnsm import LibNSMBackend
 
 __all__ = [
     "DEFAULT_DEVICE_PATH",

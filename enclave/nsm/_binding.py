@@ -13,8 +13,7 @@ import threading
 from typing import Any
 
 from cffi import FFI
-
-from enclave.nsm.errors import NSMError, NSMErrorCode, NSMUnavailableError
+from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode, NSMUnavailableError
 
 NSM_IOCTL_RAW = 0xC0200A00
 LIBNSM_ENV = "NITROKMS_LIBNSM"

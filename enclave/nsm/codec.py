@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import cbor2
-
-from enclave.nsm.errors import NSMError, NSMErrorCode
+from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode
 
 MAX_REQUEST_BYTES = 0x1000
 MAX_RESPONSE_BYTES = 0x3000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from enclave.errors import EnclaveError
+from nitrokms.enclave.errors import EnclaveError
 
 
 class NSMErrorCode(IntEnum):

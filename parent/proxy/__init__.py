@@ -5,14 +5,14 @@ It never imports or parses proto messages: it only moves bytes (DESIGN.md, threa
 
 from __future__ import annotations
 
-from parent.proxy.allowlist import (
+from nitrokms.parent.proxy.allowlist import (
     DEFAULT_CONFIG_PATH,
     AllowEntry,
     check_allowlist,
     load_allowlist,
     parse_allowlist,
 )
-from parent.proxy.errors import (
+from nitrokms.parent.proxy.errors import (
     NOT_ALLOWED_MESSAGE,
     ConfigError,
     NotAllowedError,
@@ -20,9 +20,9 @@ from parent.proxy.errors import (
     ResolveError,
     UpstreamError,
 )
-from parent.proxy.metrics import Metrics, start_metrics_server
-from parent.proxy.relay import Relay, RelaySettings
-from parent.proxy.resolver import IpFamily, Resolver
+from nitrokms.parent.proxy.metrics import Metrics, start_metrics_server
+from nitrokms.parent.proxy.relay import Relay, RelaySettings
+from nitrokms.parent.proxy.resolver import IpFamily, Resolver
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",

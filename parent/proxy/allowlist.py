@@ -14,10 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-
-from parent.proxy.errors import NOT_ALLOWED_MESSAGE, ConfigError, NotAllowedError, ResolveError
-from parent.proxy.logs import event
-from parent.proxy.resolver import IPAddress
+from nitrokms.parent.proxy.errors import (
+    NOT_ALLOWED_MESSAGE,
+    ConfigError,
+    NotAllowedError,
+    ResolveError,
+)
+from nitrokms.parent.proxy.logs import event
+from nitrokms.parent.proxy.resolver import IPAddress
 
 DEFAULT_CONFIG_PATH = "/etc/nitro_enclaves/vsock-proxy.yaml"
 MAX_CONFIG_BYTES = 1 << 20  # AWS's shipped file is ~10 KiB; anything near 1 MiB is a mistake

@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
-from proto.addresses import Address, start_server
+from nitrokms.proto.addresses import Address
+from nitrokms.transport.sockets import start_server
 
 MAX_REQUEST_HEAD_BYTES = 8192
 REQUEST_TIMEOUT_S = 5.0

@@ -1,16 +1,17 @@
 """The relay: accept a client, connect upstream, copy bytes both ways; never look inside them.
 
-No threads and no coroutine per chunk: the two sockets are joined by `proto.streams.Splice` (the
-pump the enclave's CONNECT listener uses too), whose sides are asyncio Protocols that hand each
-read straight to the other transport. Backpressure uses the transports' own flow control: when one
-side's write buffer passes WRITE_HIGH_WATER_BYTES the other side stops reading, so a slow reader
-costs at most that plus one read (256 KiB) per direction and stalls only its own pair. EOF on one
-side becomes `write_eof()` (shutdown SHUT_WR) on the other while the opposite direction keeps
-flowing; an error on either side aborts the pair.
+No threads and no coroutine per chunk: the two sockets are joined by
+`nitrokms.transport.splice.Splice` (the pump the enclave's CONNECT listener uses too), whose sides
+are asyncio Protocols that hand each read straight to the other transport. Backpressure uses the
+transports' own flow control: when one side's write buffer passes WRITE_HIGH_WATER_BYTES the other
+side stops reading, so a slow reader costs at most that plus one read (256 KiB) per direction and
+stalls only its own pair. EOF on one side becomes `write_eof()` (shutdown SHUT_WR) on the other
+while the opposite direction keeps flowing; an error on either side aborts the pair.
 
-Listening goes through `proto.addresses.start_server` with a plain (non-coroutine) callback, which
-asyncio calls from `connection_made`, before any data arrives; it moves the transport to our
-protocol with the public `set_protocol`, so no stream buffer ever holds client bytes.
+Listening goes through `nitrokms.transport.sockets.start_server` with a plain (non-coroutine)
+callback, which asyncio calls from `connection_made`, before any data arrives; it moves the
+transport to our protocol with the public `set_protocol`, so no stream buffer ever holds client
+bytes.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any, cast
 
-from parent.proxy.errors import ResolveError, UpstreamError
-from parent.proxy.logs import event
-from parent.proxy.metrics import Metrics
-from parent.proxy.resolver import Resolver
-from proto.addresses import Address, ClientCallback, bound_address, start_server
-from proto.streams import Splice
+from nitrokms.parent.proxy.errors import ResolveError, UpstreamError
+from nitrokms.parent.proxy.logs import event
+from nitrokms.parent.proxy.metrics import Metrics
+from nitrokms.parent.proxy.resolver import Resolver
+from nitrokms.proto.addresses import Address
+from nitrokms.transport.sockets import ClientCallback, bound_address, start_server
+from nitrokms.transport.splice import Splice
 
 WRITE_HIGH_WATER_BYTES = 256 * 1024
 DEFAULT_CONNECT_TIMEOUT_S = 10.0

@@ -21,8 +21,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.rdatatype
 import dns.resolver
-
-from parent.proxy.errors import NO_ACCEPTED_IP_MESSAGE, ResolveError
+from nitrokms.parent.proxy.errors import NO_ACCEPTED_IP_MESSAGE, ResolveError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Clock = Callable[[], float]

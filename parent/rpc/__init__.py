@@ -1,9 +1,9 @@
 """The parent's RPC client for the enclave service: asyncio (`AsyncEnclaveClient`) and blocking
 (`EnclaveClient`), with typed results (proto's result dataclasses) and typed errors."""
 
-from parent.rpc.client import AsyncEnclaveClient, Backoff
-from parent.rpc.endpoint import enclave_address
-from parent.rpc.errors import (
+from nitrokms.parent.rpc.client import AsyncEnclaveClient, Backoff
+from nitrokms.parent.rpc.endpoint import enclave_address
+from nitrokms.parent.rpc.errors import (
     AccessDeniedError,
     BrokenStreamError,
     CredentialsError,
@@ -17,7 +17,7 @@ from parent.rpc.errors import (
     RPCError,
     RPCTimeoutError,
 )
-from parent.rpc.sync import EnclaveClient
+from nitrokms.parent.rpc.sync import EnclaveClient
 
 __all__ = [
     "AccessDeniedError",

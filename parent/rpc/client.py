@@ -17,7 +17,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
-from parent.rpc.errors import (
+from nitrokms.parent.rpc.errors import (
     CLIENT_CLOSED,
     CONNECTION_FAILED,
     BrokenStreamError,
@@ -27,12 +27,13 @@ from parent.rpc.errors import (
     RPCTimeoutError,
     error_from_reply,
 )
-from parent.rpc.link import Link
-from proto import messages as m
-from proto.addresses import Address, open_connection, parse_address
-from proto.connection import DEFAULT_MAX_IN_FLIGHT
-from proto.errors import LocalProtocolError, ProtocolError
-from proto.framing import DEFAULT_MAX_FRAME_BYTES
+from nitrokms.parent.rpc.link import Link
+from nitrokms.proto import messages as m
+from nitrokms.proto.addresses import Address, parse_address
+from nitrokms.proto.connection import DEFAULT_MAX_IN_FLIGHT
+from nitrokms.proto.errors import LocalProtocolError, ProtocolError
+from nitrokms.proto.framing import DEFAULT_MAX_FRAME_BYTES
+from nitrokms.transport.sockets import open_connection
 
 DEFAULT_TIMEOUT_S: Final = 30.0
 DEFAULT_CONNECT_TIMEOUT_S: Final = 5.0

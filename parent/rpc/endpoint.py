@@ -6,8 +6,8 @@ import os
 from collections.abc import Mapping
 from typing import Final
 
-from proto.addresses import Address, VsockAddress, parse_address
-from proto.errors import AddressError
+from nitrokms.proto.addresses import Address, VsockAddress, parse_address
+from nitrokms.proto.errors import AddressError
 
 ENCLAVE_PORT: Final = 5000
 ENV_ADDRESS: Final = "NITROKMS_ENCLAVE"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from proto.messages import ErrorReply
+from nitrokms.proto.messages import ErrorReply
 
 TIMEOUT: Final = "client.Timeout"
 CONNECTION_FAILED: Final = "client.ConnectionFailed"

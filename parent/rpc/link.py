@@ -13,16 +13,16 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from parent.rpc.errors import (
+from nitrokms.parent.rpc.errors import (
     CLIENT_CLOSED,
     BrokenStreamError,
     RPCConnectionError,
     RPCError,
     error_from_reply,
 )
-from proto.connection import ClientConnection
-from proto.errors import RemoteProtocolError
-from proto.messages import Response
+from nitrokms.proto.connection import ClientConnection
+from nitrokms.proto.errors import RemoteProtocolError
+from nitrokms.proto.messages import Response
 
 READ_CHUNK_BYTES = 256 * 1024
 

@@ -14,15 +14,15 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
-from parent.rpc.client import (
+from nitrokms.parent.rpc.client import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
     AsyncEnclaveClient,
     Backoff,
 )
-from parent.rpc.errors import CLIENT_CLOSED, RPCConnectionError
-from proto import messages as m
-from proto.addresses import Address
+from nitrokms.parent.rpc.errors import CLIENT_CLOSED, RPCConnectionError
+from nitrokms.proto import messages as m
+from nitrokms.proto.addresses import Address
 
 T = TypeVar("T")
 R = TypeVar("R", bound=m.Body)

@@ -9,9 +9,9 @@ Every failure is an AttestationError (a proto ProtocolError) whose `code` names 
 
 from __future__ import annotations
 
-from proto.attestation.cose import MAX_DOCUMENT_BYTES
-from proto.attestation.document import AttestationDocument, parse_document
-from proto.attestation.errors import (
+from nitrokms.proto.attestation.cose import MAX_DOCUMENT_BYTES
+from nitrokms.proto.attestation.document import AttestationDocument, parse_document
+from nitrokms.proto.attestation.errors import (
     AttestationError,
     BadChainError,
     BadSignatureError,
@@ -25,8 +25,8 @@ from proto.attestation.errors import (
     TooOldError,
     UntrustedRootError,
 )
-from proto.attestation.roots import aws_nitro_root, load_root
-from proto.attestation.verify import MAX_CLOCK_SKEW, AttestationVerifier, Expectations
+from nitrokms.proto.attestation.roots import aws_nitro_root, load_root
+from nitrokms.proto.attestation.verify import MAX_CLOCK_SKEW, AttestationVerifier, Expectations
 
 __all__ = [
     "MAX_CLOCK_SKEW",

@@ -31,8 +31,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
-
-from proto.attestation.errors import (
+from nitrokms.proto.attestation.errors import (
     BadChainError,
     BadSignatureError,
     ExpiredError,

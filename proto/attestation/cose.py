@@ -18,8 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-
-from proto.attestation.errors import BadSignatureError, MalformedError
+from nitrokms.proto.attestation.errors import BadSignatureError, MalformedError
 
 MAX_DOCUMENT_BYTES = 16 * 1024
 """A real document is ~4.5 KB and the NSM caps its response at 12288 bytes; 16 KiB leaves room

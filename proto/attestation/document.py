@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from proto.attestation.cose import CoseSign1, decode_cbor, decode_sign1
-from proto.attestation.errors import MalformedError
+from nitrokms.proto.attestation.cose import CoseSign1, decode_cbor, decode_sign1
+from nitrokms.proto.attestation.errors import MalformedError
 
 DIGESTS = ("SHA384",)
 MAX_PCRS = 32

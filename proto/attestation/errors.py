@@ -6,7 +6,7 @@ secrets (documents hold none; the messages name certificates, PCR indices and ti
 
 from __future__ import annotations
 
-from proto.errors import ProtocolError
+from nitrokms.proto.errors import ProtocolError
 
 
 class AttestationError(ProtocolError):

@@ -8,8 +8,7 @@ from importlib import resources
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-
-from proto.attestation.errors import UntrustedRootError
+from nitrokms.proto.attestation.errors import UntrustedRootError
 
 AWS_ROOT_RESOURCE = "aws_nitro_enclaves_root_g1.pem"
 AWS_ROOT_SHA256 = "641a0321a3e244efe456463195d606317ed7cdcc3c1756e09893f3c68f79bb5b"
@@ -23,7 +22,7 @@ def aws_nitro_root() -> x509.Certificate:
     Raises UntrustedRootError if the bundled file is missing, unreadable or has been altered.
     """
     try:
-        pem = resources.files("proto").joinpath("data", AWS_ROOT_RESOURCE).read_bytes()
+        pem = resources.files("nitrokms.proto.data").joinpath(AWS_ROOT_RESOURCE).read_bytes()
     except OSError as exc:
         raise UntrustedRootError(f"untrusted root: bundled AWS root unreadable ({exc})") from None
     cert = load_root(pem)

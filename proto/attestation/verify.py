@@ -9,17 +9,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from cryptography import x509
-
-from proto.attestation.chain import DEFAULT_CACHE_SIZE, ChainValidator
-from proto.attestation.document import MAX_PCRS, AttestationDocument, parse_document
-from proto.attestation.errors import (
+from nitrokms.proto.attestation.chain import DEFAULT_CACHE_SIZE, ChainValidator
+from nitrokms.proto.attestation.document import MAX_PCRS, AttestationDocument, parse_document
+from nitrokms.proto.attestation.errors import (
     DebugModeError,
     FromFutureError,
     NonceMismatchError,
     PCRMismatchError,
     TooOldError,
 )
-from proto.attestation.roots import load_root
+from nitrokms.proto.attestation.roots import load_root
 
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 """How far a document's timestamp may lie after the verification time (clocks differ)."""

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from proto.attestation import AttestationVerifier, parse_document
-from tests.harness.nsm.pki import SimulatedPKI
+from nitrokms.proto.attestation import AttestationVerifier, parse_document
+from nitrokms.sim.nsm.pki import SimulatedPKI
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "attestation"
 REAL_DOC = VECTORS / "attestation_2024-11-14_debug.cose"

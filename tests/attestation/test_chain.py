@@ -10,21 +10,21 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
-
-from proto.attestation import (
+from nitrokms.proto.attestation import (
     AttestationVerifier,
     BadChainError,
     BadSignatureError,
     UntrustedRootError,
 )
-from tests.attestation.conftest import MODULE_ID, NOW, NOW_MS, boot_pcrs
-from tests.harness.nsm.pki import (
+from nitrokms.sim.nsm.pki import (
     IssuedCert,
     SimulatedPKI,
     encode_payload,
     issue_certificate,
     sign1,
 )
+
+from tests.attestation.conftest import MODULE_ID, NOW, NOW_MS, boot_pcrs
 
 HOUR = dt.timedelta(hours=1)
 SIGN_ONLY = x509.KeyUsage(True, True, False, False, False, False, False, False, False)

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from nitrokms.sim.nsm.pki import SimulatedPKI
 
-from parent.cli import main
+from nitrokms.cli import main
 from tests.attestation.conftest import REAL_DOC, SignFn, boot_pcrs
-from tests.harness.nsm.pki import SimulatedPKI
 
 NITROKMS = Path(sys.executable).parent / "nitrokms"
 REAL = str(REAL_DOC)

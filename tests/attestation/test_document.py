@@ -6,10 +6,10 @@ from typing import Any
 
 import cbor2
 import pytest
+from nitrokms.proto.attestation import AttestationVerifier, MalformedError, parse_document
+from nitrokms.sim.nsm.pki import PAYLOAD_KEYS, SimulatedPKI
 
-from proto.attestation import AttestationVerifier, MalformedError, parse_document
 from tests.attestation.conftest import MODULE_ID, NOW, NOW_MS, boot_pcrs
-from tests.harness.nsm.pki import PAYLOAD_KEYS, SimulatedPKI
 
 
 def _fields(pki: SimulatedPKI) -> dict[str, Any]:

@@ -10,16 +10,16 @@ from typing import TypeVar
 
 import cbor2
 from cryptography import x509
-
-from proto.attestation import AttestationVerifier, parse_document
-from tests.attestation.conftest import MODULE_ID, NOW, NOW_MS, boot_pcrs
-from tests.harness.nsm.pki import (
+from nitrokms.proto.attestation import AttestationVerifier, parse_document
+from nitrokms.sim.nsm.pki import (
     PAYLOAD_KEYS,
     ROOT_CERT_FILE,
     ROOT_KEY_FILE,
     SimulatedPKI,
     root_certificate_path,
 )
+
+from tests.attestation.conftest import MODULE_ID, NOW, NOW_MS, boot_pcrs
 
 E = TypeVar("E", bound=x509.ExtensionType)
 

@@ -8,15 +8,15 @@ from typing import Any
 import cbor2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from proto.attestation import (
+from nitrokms.proto.attestation import (
     AttestationError,
     AttestationVerifier,
     MalformedError,
     parse_document,
 )
+from nitrokms.sim.nsm.pki import PAYLOAD_KEYS, SimulatedPKI
+
 from tests.attestation.conftest import MODULE_ID, NOW, NOW_MS, REAL_DOC, boot_pcrs
-from tests.harness.nsm.pki import PAYLOAD_KEYS, SimulatedPKI
 
 PKI = SimulatedPKI.ephemeral()
 VERIFIER = AttestationVerifier(PKI.root_certificate)

@@ -7,8 +7,7 @@ import hashlib
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-
-from proto.attestation import (
+from nitrokms.proto.attestation import (
     AttestationVerifier,
     DebugModeError,
     Expectations,
@@ -20,7 +19,8 @@ from proto.attestation import (
     load_root,
     parse_document,
 )
-from proto.attestation.roots import AWS_ROOT_SHA256
+from nitrokms.proto.attestation.roots import AWS_ROOT_SHA256
+
 from tests.attestation.conftest import REAL_ROOT
 
 DEBUG_OK = Expectations(allow_debug=True)

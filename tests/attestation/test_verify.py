@@ -6,8 +6,7 @@ import datetime as dt
 
 import cbor2
 import pytest
-
-from proto.attestation import (
+from nitrokms.proto.attestation import (
     AttestationError,
     AttestationVerifier,
     BadSignatureError,
@@ -22,8 +21,9 @@ from proto.attestation import (
     UntrustedRootError,
     parse_document,
 )
+from nitrokms.sim.nsm.pki import SimulatedPKI
+
 from tests.attestation.conftest import MODULE_ID, NOW, NOW_MS, SignFn, boot_pcrs
-from tests.harness.nsm.pki import SimulatedPKI
 
 
 def test_simulated_document_verifies_against_the_simulator_root(

@@ -17,13 +17,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from nitrokms.proto.attestation import AttestationVerifier, parse_document
+from nitrokms.proto.attestation.cose import sig_structure
+from nitrokms.sim.nsm.pki import SimulatedPKI
 from pycose.keys.ec2 import EC2Key
 from pycose.messages.sign1message import Sign1Message
 
-from proto.attestation import AttestationVerifier, parse_document
-from proto.attestation.cose import sig_structure
 from tests.bench.common import Figure, figure, summarize, table, time_calls
-from tests.harness.nsm.pki import SimulatedPKI
 
 MODULE_ID = "i-0f73a4b4cb74cc9f2-enc0192e4188fef781d"
 PYCOSE = "pycose ES384 verify (pure Python)"

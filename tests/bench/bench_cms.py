@@ -12,10 +12,10 @@ import os
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.padding import MGF1, OAEP
+from nitrokms.enclave.cms import decrypt_enveloped_data, subject_key_identifier
+from nitrokms.sim.kms.cms_encoder import encrypt_for_recipient
 
-from enclave.cms import decrypt_enveloped_data, subject_key_identifier
 from tests.bench.common import Figure, aggregate, figure, summarize, table, time_calls
-from tests.harness.kms.cms_encoder import encrypt_for_recipient
 
 FLOOR = "bare RSA-OAEP-2048 decrypt"
 _OAEP = OAEP(mgf=MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)

@@ -41,9 +41,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from parent.rpc import AsyncEnclaveClient
+from nitrokms.parent.rpc import AsyncEnclaveClient
+from nitrokms.sim.world import World
+
 from tests.bench.common import Figure, aggregate, figure, summarize, table
-from tests.harness.world import World
 
 LEVELS = (1, 16, 64)
 TARGET_OVERHEAD_MS = 2.0
@@ -152,7 +153,7 @@ def _kmstool_run(world: World, key: str, count: int, concurrency: int) -> Run:
     """Drive `count` kmstool-pattern processes inside the enclave's namespace, under `nsm run`
     with the enclave's measurements. Raises RuntimeError if the driver fails."""
     inner = [
-        sys.executable, "-m", "tests.harness", "nsm", "run", "--state", str(world.nsm_state),
+        sys.executable, "-m", "nitrokms.sim", "nsm", "run", "--state", str(world.nsm_state),
         "--measurements", str(world.workdir / "enclave-measurements.json"),
         "--role-arn", world.role_arn, "--region", world.region, "--",
         sys.executable, "-m", "tests.bench.kmstool_pattern", "drive",

@@ -27,13 +27,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from nitrokms.proto import messages as m
+from nitrokms.proto.addresses import Address, parse_address
+from nitrokms.proto.messages import Reply
+from nitrokms.sim.world import World
 
-from proto import messages as m
-from proto.addresses import Address, parse_address
-from proto.messages import Reply
 from tests.bench.common import Figure, figure, summarize, table
 from tests.enclave.rpc_client import Client
-from tests.harness.world import World
 
 WARMUP = 20
 
@@ -78,8 +78,8 @@ def _baseline(
 
 def _documents(nsm_state: Path, count: int) -> list[bytes]:
     """Fresh documents, as the enclave sends one per call (KMS cannot reuse a verification)."""
-    from enclave.nsm import NSMClient, TransportBackend
-    from tests.harness.nsm.server import SimulatedNSM
+    from nitrokms.enclave.nsm import NSMClient, TransportBackend
+    from nitrokms.sim.nsm.server import SimulatedNSM
 
     simulated = SimulatedNSM(nsm_state)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -9,7 +9,7 @@ from the simulated NSM, CMS decrypt). Each call's "KMS span" is the time between
 `before-send` and `before-parse` events (network plus the server); overhead is the rest of the
 call. The enclave's own cost is the attested overhead minus the baseline overhead (botocore's own
 serialisation and signing are in both). Target: <= 2 ms median with a warm pool and reused
-connections. The local KMS runs as its own process (`python -m tests.harness kms serve`) so its
+connections. The local KMS runs as its own process (`python -m nitrokms.sim kms serve`) so its
 work does not compete with the client for the GIL. Component timings (document, CMS decrypt,
 pool acquire) are printed too; the document here is signed by the simulator in-process (ES384),
 where real hardware does it in the NSM.
@@ -30,11 +30,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from enclave.cms import decrypt_enveloped_data
-from enclave.keypool import RecipientKeyPool
-from enclave.kms import EnclaveKMS
-from enclave.nsm.backend import TransportBackend
-from enclave.nsm.client import NSMClient
+from nitrokms.enclave.cms import decrypt_enveloped_data
+from nitrokms.enclave.keypool import RecipientKeyPool
+from nitrokms.enclave.kms import EnclaveKMS
+from nitrokms.enclave.nsm.backend import TransportBackend
+from nitrokms.enclave.nsm.client import NSMClient
+from nitrokms.sim.kms.cms_encoder import encrypt_for_recipient
+from nitrokms.sim.nsm.pki import SimulatedPKI
+from nitrokms.sim.nsm.simulator import NSMSimulator, boot_pcrs, new_module_id
+
 from tests.bench.common import Figure, figure, summarize, table, time_calls
 from tests.enclave_kms.conftest import (
     ACCESS_KEY_ID,
@@ -42,9 +46,6 @@ from tests.enclave_kms.conftest import (
     SECRET_ACCESS_KEY,
     attested_policy,
 )
-from tests.harness.kms.cms_encoder import encrypt_for_recipient
-from tests.harness.nsm.pki import SimulatedPKI
-from tests.harness.nsm.simulator import NSMSimulator, boot_pcrs, new_module_id
 
 TARGET_EXTRA_MS = 2.0
 _spans = threading.local()
@@ -54,7 +55,7 @@ _spans = threading.local()
 def _kms_process(state: Path, root: Path) -> Iterator[str]:
     env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY_ID)
     env["AWS_SECRET_ACCESS_KEY"] = SECRET_ACCESS_KEY
-    command = [sys.executable, "-m", "tests.harness", "kms", "serve", "--state", str(state),
+    command = [sys.executable, "-m", "nitrokms.sim", "kms", "serve", "--state", str(state),
                "--attestation-root", str(root), "--region", REGION]  # fmt: skip
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True

@@ -19,10 +19,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from nitrokms.sim.kms.fixtures import spawn_kms, stop_kms
+from nitrokms.sim.nsm.pki import SimulatedPKI
 
 from tests.bench.common import Figure, figure, summarize, table, time_calls
-from tests.harness.kms.fixtures import spawn_kms, stop_kms
-from tests.harness.nsm.pki import SimulatedPKI
 
 TARGET_MEDIAN_MS = 5.0
 PCRS = {i: bytes([i + 1]) * 48 if i < 5 else bytes(48) for i in range(16)}

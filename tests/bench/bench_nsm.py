@@ -36,7 +36,7 @@ def _samples(call: Callable[[], object], rounds: int) -> list[float]:
 
 
 def child(rounds: int) -> int:
-    from enclave.nsm import NSMClient
+    from nitrokms.enclave.nsm import NSMClient
 
     with NSMClient.open(backend="device") as client:
         results = {
@@ -52,10 +52,10 @@ def child(rounds: int) -> int:
 
 def run(quick: bool = False) -> list[Figure]:
     """Figures for the simulated NSM. Raises RuntimeError if the preload library is missing."""
-    from tests.harness.nsm.server import SimulatedNSM, preload_library_path
+    from nitrokms.sim.nsm.server import SimulatedNSM, preload_library_path
 
     if not preload_library_path().is_file():
-        raise RuntimeError(f"{preload_library_path()} missing: run `make build`")
+        raise RuntimeError(f"{preload_library_path()} missing: reinstall nitrokms[sim] with gcc")
     rounds = QUICK_ROUNDS if quick else ROUNDS
     with tempfile.TemporaryDirectory() as state, SimulatedNSM(Path(state)) as nsm:
         args = [sys.executable, "-m", "tests.bench.bench_nsm", "--child", str(rounds)]

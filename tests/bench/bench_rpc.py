@@ -14,10 +14,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from parent.rpc import AsyncEnclaveClient, EnclaveClient
-from proto import messages as m
-from proto.addresses import UnixAddress, open_connection, start_server
-from proto.connection import ClientConnection, ServerConnection
+from nitrokms.parent.rpc import AsyncEnclaveClient, EnclaveClient
+from nitrokms.proto import messages as m
+from nitrokms.proto.addresses import UnixAddress
+from nitrokms.proto.connection import ClientConnection, ServerConnection
+from nitrokms.transport.sockets import open_connection, start_server
+
 from tests.bench.common import Figure, aggregate, table
 from tests.rpc.fakes import FakeEnclave, ServerThread
 

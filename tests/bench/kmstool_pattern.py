@@ -14,7 +14,7 @@ architecture differs from the enclave service:
         starts N `fetch` processes, C at a time, and prints one JSON line: each process's
         wall time from spawn to exit (seconds) and the total wall time.
 
-Run both under `python -m tests.harness nsm run` in the enclave's network namespace (bench_e2e
+Run both under `python -m nitrokms.sim nsm run` in the enclave's network namespace (bench_e2e
 does). Credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never from argv; the
 plaintext data key is never printed.
 """
@@ -58,12 +58,11 @@ def fetch(args: argparse.Namespace) -> int:
     """One kmstool-style call. Exits non-zero with the error on stderr if anything fails."""
     import boto3
     from botocore.config import Config
-
-    from enclave.attested_kms import attach_recipient
-    from enclave.keypool import RecipientKeyPool
-    from enclave.network import ConnectProxy, ThreadedConnectProxy
-    from enclave.nsm import NSMClient
-    from proto.addresses import parse_address
+    from nitrokms.enclave.attested_kms import attach_recipient
+    from nitrokms.enclave.keypool import RecipientKeyPool
+    from nitrokms.enclave.network import ConnectProxy, ThreadedConnectProxy
+    from nitrokms.enclave.nsm import NSMClient
+    from nitrokms.proto.addresses import parse_address
 
     host, _, port = args.endpoint.rpartition(":")
     pool = RecipientKeyPool(size=1)  # this process's own RSA key, made now

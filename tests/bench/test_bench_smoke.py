@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nitrokms.sim.kms.fixtures import KMSProcess, kms_server  # noqa: F401
+from nitrokms.sim.kms.server import SERVER_TIME_HEADER
 
 from tests.bench.__main__ import MODULES
 from tests.bench.common import Figure, summarize, table
-from tests.harness.kms.fixtures import KMSProcess, kms_server  # noqa: F401
-from tests.harness.kms.server import SERVER_TIME_HEADER
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUICK_TIMEOUT_S = 180

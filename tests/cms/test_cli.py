@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from parent.cli import main
+from nitrokms.cli import main
 from tests.cms.conftest import HELLO_PLAINTEXT, VECTORS
 
 HELLO = VECTORS / "kms_cms_hello-world.ber"

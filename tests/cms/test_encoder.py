@@ -13,10 +13,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.padding import PKCS7
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nitrokms.enclave.cms import (
+    decrypt_enveloped_data,
+    inspect_enveloped_data,
+    subject_key_identifier,
+)
+from nitrokms.sim.kms.cms_encoder import encrypt_for_recipient
 
-from enclave.cms import decrypt_enveloped_data, inspect_enveloped_data, subject_key_identifier
 from tests.cms.conftest import HELLO_PLAINTEXT, VECTORS
-from tests.harness.kms.cms_encoder import encrypt_for_recipient
 
 
 def _spki(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:

@@ -7,9 +7,9 @@ import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nitrokms.enclave.cms import CMSError, decrypt_enveloped_data, inspect_enveloped_data
+from nitrokms.enclave.errors import DecryptionError
 
-from enclave.cms import CMSError, decrypt_enveloped_data, inspect_enveloped_data
-from enclave.errors import DecryptionError
 from tests.cms.conftest import VECTORS
 
 _SETTINGS = settings(max_examples=300, deadline=None)

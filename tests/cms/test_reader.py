@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-from enclave.cms import (
+from nitrokms.enclave.cms import (
     MAX_BLOB_BYTES,
     CMSError,
     CMSFormatError,
@@ -19,7 +18,8 @@ from enclave.cms import (
     inspect_enveloped_data,
     subject_key_identifier,
 )
-from enclave.errors import DecryptionError, EnclaveError
+from nitrokms.enclave.errors import DecryptionError, EnclaveError
+
 from tests.cms.builder import AES128_CBC, SHA1, Variant, build
 from tests.cms.conftest import HELLO_PLAINTEXT, VECTORS
 from tests.vectors.cms.make_vectors import PLAINTEXT as OPENSSL_PLAINTEXT

@@ -1,4 +1,4 @@
-"""End-to-end tests over `tests.harness.world.World`: production processes only.
+"""End-to-end tests over `nitrokms.sim.world.World`: production processes only.
 
 A failed test's report gets the tail of every log of the World it used.
 """
@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.harness.world import World
+from nitrokms.sim.world import World
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -8,10 +8,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from nitrokms.parent.rpc import CredentialsError
+from nitrokms.sim.world import PUSHED, World
 
-from parent.rpc import CredentialsError
 from tests.e2e.conftest import open_world
-from tests.harness.world import PUSHED, World
 
 TTL_S = 3.0
 

@@ -9,16 +9,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-from tests.harness import demo
-from tests.harness.world import REPO_ROOT, base_env
+from nitrokms.sim import demo
+from nitrokms.sim.world import base_env
 
 
 def test_the_demo_runs_and_cleans_up(tmp_path: Path):
     env = dict(base_env(), TMPDIR=str(tmp_path))
     result = subprocess.run(
-        [sys.executable, "-m", "tests.harness", "demo"],
-        cwd=REPO_ROOT,
+        [sys.executable, "-m", "nitrokms.sim", "demo"],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from nitrokms.parent.rpc import AccessDeniedError, EnclaveClient, RemoteError
+from nitrokms.sim.world import EnclaveProcess, World
 
-from parent.rpc import AccessDeniedError, EnclaveClient, RemoteError
 from tests.e2e.conftest import open_world
 from tests.e2e.mitm import MITMRelay, impostor_certificate
-from tests.harness.world import EnclaveProcess, World
 
 CONTEXT = {"suite": "e2e"}
 OTHER_IMAGE = {i: hashlib.sha384(f"another image PCR{i}".encode()).digest() for i in (0, 1, 2)}

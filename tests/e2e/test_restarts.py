@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from nitrokms.parent.rpc import RemoteError
+from nitrokms.sim.world import World
 
-from parent.rpc import RemoteError
 from tests.e2e.conftest import open_world
-from tests.harness.world import World
 
 CONTEXT = {"suite": "restarts"}
 

@@ -14,12 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-
-from tests.harness.creds import new_credential, process_output, write_pool
-from tests.harness.processes import ProcessFailed, spawn
-from tests.harness.world import (
+from nitrokms.sim.creds import new_credential, process_output, write_pool
+from nitrokms.sim.processes import ProcessFailed, spawn
+from nitrokms.sim.world import (
     NO_ISOLATION_WARNING,
-    REPO_ROOT,
     ROLE_ARN,
     World,
     WorldError,
@@ -69,7 +67,7 @@ def test_a_child_that_dies_before_its_ready_line_is_reported(tmp_path: Path):
             [sys.executable, "-c", code],
             log_path=tmp_path / "broken.log",
             env=base_env(),
-            cwd=REPO_ROOT,
+            cwd=tmp_path,
             ready="listening",
         )
     message = str(failed.value)
@@ -93,7 +91,7 @@ def test_a_child_ignoring_sigterm_is_killed_with_its_children(tmp_path: Path):
         [sys.executable, "-c", code],
         log_path=tmp_path / "stubborn.log",
         env=base_env(),
-        cwd=REPO_ROOT,
+        cwd=tmp_path,
         ready="ready",
     )
     assert line.startswith("ready ")
@@ -108,12 +106,12 @@ def test_credential_process_hands_out_expiring_pool_credentials(tmp_path: Path):
     pool_path = tmp_path / "pool.json"
     pool = write_pool(pool_path, ROLE_ARN, size=2)
     assert stat.S_IMODE(pool_path.stat().st_mode) == 0o600
-    command = [sys.executable, "-m", "tests.harness", "creds", "--pool", str(pool_path)]
+    command = [sys.executable, "-m", "nitrokms.sim", "creds", "--pool", str(pool_path)]
     handed = [
         json.loads(
             subprocess.run(
                 [*command, "--ttl", "30"],
-                cwd=REPO_ROOT,
+                cwd=tmp_path,
                 env=base_env(),
                 capture_output=True,
                 text=True,
@@ -137,7 +135,7 @@ def test_credential_process_hands_out_expiring_pool_credentials(tmp_path: Path):
     )
     out = subprocess.run(
         [sys.executable, "-c", probe],
-        cwd=REPO_ROOT,
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,

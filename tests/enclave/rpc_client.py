@@ -6,10 +6,11 @@ import asyncio
 import struct
 from typing import Self
 
-from proto.addresses import Address, open_connection
-from proto.connection import ClientConnection
-from proto.framing import FrameDecoder
-from proto.messages import Body, ErrorReply, Response, decode_response
+from nitrokms.proto.addresses import Address
+from nitrokms.proto.connection import ClientConnection
+from nitrokms.proto.framing import FrameDecoder
+from nitrokms.proto.messages import Body, ErrorReply, Response, decode_response
+from nitrokms.transport.sockets import open_connection
 
 READ_TIMEOUT_S = 20.0
 

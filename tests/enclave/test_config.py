@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from enclave.config import parse_config, split_endpoint
-from proto.addresses import UnixAddress, VsockAddress
+from nitrokms.enclave.config import parse_config, split_endpoint
+from nitrokms.proto.addresses import UnixAddress, VsockAddress
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,7 +74,7 @@ def test_bad_values_are_usage_errors(capsys, argv, env, message):
 def _run_enclave(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     return subprocess.run(
-        [sys.executable, "-m", "enclave", *args],
+        [sys.executable, "-m", "nitrokms.enclave", *args],
         capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT, check=False,
     )  # fmt: skip
 

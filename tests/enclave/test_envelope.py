@@ -6,11 +6,10 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from enclave import envelope
-from enclave.envelope import MalformedEnvelopeError
-from enclave.errors import DecryptionError
-from proto.messages import MAX_ENVELOPE_BYTES
+from nitrokms.enclave import envelope
+from nitrokms.enclave.envelope import MalformedEnvelopeError
+from nitrokms.enclave.errors import DecryptionError
+from nitrokms.proto.messages import MAX_ENVELOPE_BYTES
 
 KEY = bytes(range(32))
 ARN = "arn:aws:kms:us-east-1:111122223333:key/k1"

@@ -11,14 +11,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from nitrokms.proto import messages as m
+from nitrokms.proto.addresses import UnixAddress
+from nitrokms.proto.attestation import AttestationVerifier, Expectations
+from nitrokms.proto.messages import Reply
+from nitrokms.sim.nsm.pki import SimulatedPKI
+from nitrokms.sim.world import World
 
-from proto import messages as m
-from proto.addresses import UnixAddress
-from proto.attestation import AttestationVerifier, Expectations
-from proto.messages import Reply
 from tests.enclave.rpc_client import Client, RawPeer, error_of, header
-from tests.harness.nsm.pki import SimulatedPKI
-from tests.harness.world import World
 
 ACCOUNT_ROOT = "arn:aws:iam::111122223333:root"
 CONTEXT = {"tenant": "acme", "purpose": "integration"}
@@ -52,7 +52,7 @@ def _policy(pcr0_hex: str) -> str:
 
 
 class Setup:
-    """The running world (tests.harness.world) plus what the tests share: PCR0 and two keys."""
+    """The running world (nitrokms.sim.world) plus what the tests share: PCR0 and two keys."""
 
     def __init__(self, world: World) -> None:
         self.world = world
@@ -301,7 +301,7 @@ def test_sigterm_exits_cleanly_and_keeps_secrets_out_of_logs(world: Setup):
 
 
 def test_through_the_parent_rpc_client(world: Setup):
-    from parent.rpc import AccessDeniedError, EnclaveClient
+    from nitrokms.parent.rpc import AccessDeniedError, EnclaveClient
 
     with EnclaveClient(world.address) as client:
         made = client.generate_data_key(

@@ -3,8 +3,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-
-from enclave.keyring import Keyring, UnknownHandleError
+from nitrokms.enclave.keyring import Keyring, UnknownHandleError
 
 
 class Clock:

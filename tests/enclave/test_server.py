@@ -9,11 +9,10 @@ from pathlib import Path
 
 import cbor2
 import pytest
-
-from enclave.errors import EnclaveError
-from enclave.server import RPCServer, ServerLimits
-from proto.addresses import UnixAddress
-from proto.messages import (
+from nitrokms.enclave.errors import EnclaveError
+from nitrokms.enclave.server import RPCServer, ServerLimits
+from nitrokms.proto.addresses import UnixAddress
+from nitrokms.proto.messages import (
     AttestRequest,
     AttestResult,
     Body,
@@ -21,6 +20,7 @@ from proto.messages import (
     HealthResult,
     Reply,
 )
+
 from tests.enclave.rpc_client import Client, RawPeer, error_of, header
 
 
@@ -337,7 +337,7 @@ def test_a_client_at_the_in_flight_limit_is_never_refused(tmp_path):
     """A slot is freed before its reply is written, not when the request's task ends (a loop
     iteration or more later): a client keeping exactly max_in_flight requests outstanding, with
     its own event loop, must never see TooManyRequests."""
-    from parent.rpc import AsyncEnclaveClient, RPCError
+    from nitrokms.parent.rpc import AsyncEnclaveClient, RPCError
 
     limit, rounds = 8, 100
 

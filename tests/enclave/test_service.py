@@ -4,17 +4,18 @@ import time
 from typing import Any
 
 import pytest
-
-from enclave import __version__, envelope
-from enclave.errors import DecryptionError, EnclaveError
-from enclave.keyring import Keyring, UnknownHandleError
-from enclave.service import (
+from nitrokms.enclave import envelope
+from nitrokms.enclave.errors import DecryptionError, EnclaveError
+from nitrokms.enclave.keyring import Keyring, UnknownHandleError
+from nitrokms.enclave.service import (
     ContextMismatchError,
     EnclaveService,
     RegionMismatchError,
     UnsupportedDataKeyError,
 )
-from proto import messages as m
+from nitrokms.proto import messages as m
+
+from nitrokms import __version__
 from tests.enclave.fakes import KEY_ARN, FakeKMS, FakeNSM, FakePool
 
 CONTEXT = {"tenant": "acme"}

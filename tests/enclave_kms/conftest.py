@@ -8,14 +8,13 @@ from pathlib import Path
 
 import boto3
 import pytest
-
-from enclave.keypool import RecipientKeyPool
-from enclave.nsm.backend import TransportBackend
-from enclave.nsm.client import NSMClient
-from tests.harness.kms.auth import Credential
-from tests.harness.kms.server import LocalKMS
-from tests.harness.nsm.pki import SimulatedPKI
-from tests.harness.nsm.simulator import (
+from nitrokms.enclave.keypool import RecipientKeyPool
+from nitrokms.enclave.nsm.backend import TransportBackend
+from nitrokms.enclave.nsm.client import NSMClient
+from nitrokms.sim.kms.auth import Credential
+from nitrokms.sim.kms.server import LocalKMS
+from nitrokms.sim.nsm.pki import SimulatedPKI
+from nitrokms.sim.nsm.simulator import (
     NSMSimulator,
     boot_pcrs,
     load_or_create_instance_id,

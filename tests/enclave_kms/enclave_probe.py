@@ -10,11 +10,16 @@ import argparse
 import os
 import sys
 
-from enclave.keypool import RecipientKeyPool
-from enclave.kms import EnclaveKMS
-from enclave.network import ConnectProxy, ThreadedConnectProxy, bring_up_loopback, interface_is_up
-from enclave.nsm.client import NSMClient
-from proto.addresses import parse_address
+from nitrokms.enclave.keypool import RecipientKeyPool
+from nitrokms.enclave.kms import EnclaveKMS
+from nitrokms.enclave.network import (
+    ConnectProxy,
+    ThreadedConnectProxy,
+    bring_up_loopback,
+    interface_is_up,
+)
+from nitrokms.enclave.nsm.client import NSMClient
+from nitrokms.proto.addresses import parse_address
 
 
 def main(argv: list[str]) -> int:

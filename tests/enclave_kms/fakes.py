@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.harness.kms.cms_encoder import encrypt_for_recipient
+from nitrokms.sim.kms.cms_encoder import encrypt_for_recipient
 
 HANG = "hang"
 FOR_RECIPIENT = "__for_recipient__"

@@ -8,7 +8,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from proto.addresses import TcpAddress, UnixAddress, open_connection, start_server
+from nitrokms.proto.addresses import TcpAddress, UnixAddress
+from nitrokms.transport.sockets import open_connection, start_server
 
 
 async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:

@@ -9,16 +9,15 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-from enclave.attested_kms import (
+from nitrokms.enclave.attested_kms import (
     RecipientReplyError,
     attach_recipient,
     attested_kms_client,
 )
-from enclave.cms import UnknownRecipientError
-from enclave.keypool import RecipientKey, RecipientKeyPool
-from tests.harness.kms.cms_encoder import encrypt_for_recipient
-from tests.harness.kms.server import LocalKMS
+from nitrokms.enclave.cms import UnknownRecipientError
+from nitrokms.enclave.keypool import RecipientKey, RecipientKeyPool
+from nitrokms.sim.kms.cms_encoder import encrypt_for_recipient
+from nitrokms.sim.kms.server import LocalKMS
 
 from .conftest import ACCESS_KEY_ID, REGION, attested_policy, client_kwargs
 
@@ -80,7 +79,7 @@ def test_call_with_its_own_recipient_is_left_alone(attested, nsm, attested_key_i
     )
     assert "Plaintext" not in reply
     assert reply["CiphertextForRecipient"]
-    from enclave.cms import decrypt_enveloped_data
+    from nitrokms.enclave.cms import decrypt_enveloped_data
 
     assert len(decrypt_enveloped_data(reply["CiphertextForRecipient"], own)) == 32
 
@@ -93,7 +92,7 @@ def test_reply_encrypted_for_another_key_is_a_clear_error(tmp_path, pki, nsm, po
     def to_someone_else(plaintext: bytes, _spki: bytes) -> bytes:
         return encrypt_for_recipient(plaintext, other.spki_der)
 
-    from tests.harness.kms.auth import Credential
+    from nitrokms.sim.kms.auth import Credential
 
     from .conftest import PRINCIPAL, SECRET_ACCESS_KEY
 

@@ -33,7 +33,7 @@ pytestmark = [
 
 def test_loopback_comes_up_by_ioctl_in_a_fresh_namespace():
     code = (
-        "from enclave.network import bring_up_loopback, interface_is_up\n"
+        "from nitrokms.enclave.network import bring_up_loopback, interface_is_up\n"
         "assert not interface_is_up('lo')\n"
         "assert bring_up_loopback(use_ip_command=False)\n"
         "assert interface_is_up('lo')\n"
@@ -61,7 +61,7 @@ def test_attested_fetch_from_an_isolated_enclave_process(
     )
     command = [
         "unshare", "-n",
-        sys.executable, "-m", "tests.harness", "nsm", "run", "--state", str(nsm_state), "--",
+        sys.executable, "-m", "nitrokms.sim", "nsm", "run", "--state", str(nsm_state), "--",
         sys.executable, "-m", "tests.enclave_kms.enclave_probe",
         "--relay", f"unix://{relay_path}",
         "--ca", str(local_kms.ca_path),

@@ -8,8 +8,7 @@ import threading
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-from enclave.keypool import KeyPoolError, RecipientKeyPool
+from nitrokms.enclave.keypool import KeyPoolError, RecipientKeyPool
 
 WAIT_S = 30.0
 

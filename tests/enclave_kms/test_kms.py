@@ -8,8 +8,7 @@ import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from enclave.kms import (
+from nitrokms.enclave.kms import (
     CredentialsError,
     DataKey,
     EnclaveKMS,
@@ -175,7 +174,7 @@ def test_unreachable_kms(nsm, pool):
 
 
 def test_untrusted_certificate_is_a_tls_error(local_kms, nsm, pool, tmp_path):
-    from tests.harness.kms.tls import prepare
+    from nitrokms.sim.kms.tls import prepare
 
     other_ca = prepare(tmp_path, REGION).ca_cert
     kms = EnclaveKMS(

@@ -7,18 +7,17 @@ import socket
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from enclave.kms import EnclaveKMS, KMSTLSError, KMSUnavailableError
-from enclave.network import (
+from nitrokms.enclave.kms import EnclaveKMS, KMSTLSError, KMSUnavailableError
+from nitrokms.enclave.network import (
     ConnectProxy,
     NetworkError,
     ThreadedConnectProxy,
     decide_connect,
     kms_endpoint,
 )
-from proto.addresses import UnixAddress
-from tests.harness.kms.auth import Credential
-from tests.harness.kms.server import LocalKMS
+from nitrokms.proto.addresses import UnixAddress
+from nitrokms.sim.kms.auth import Credential
+from nitrokms.sim.kms.server import LocalKMS
 
 from .conftest import ACCESS_KEY_ID, KMS_HOST, PRINCIPAL, REGION, SECRET_ACCESS_KEY
 from .relay import pipe_relay
@@ -137,7 +136,7 @@ def test_listener_pipes_with_half_close(listener, relay_path, tmp_path):
     import asyncio
     import threading
 
-    from proto.addresses import start_server
+    from nitrokms.transport.sockets import start_server
 
     got = []
     ready, stop = threading.Event(), threading.Event()

@@ -22,26 +22,26 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from nitrokms.enclave import envelope
+from nitrokms.enclave.cms import CMSError, decrypt_enveloped_data, inspect_enveloped_data
+from nitrokms.enclave.errors import DecryptionError
+from nitrokms.enclave.nsm import codec as nsm_codec
+from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode
+from nitrokms.parent.proxy.allowlist import parse_allowlist
+from nitrokms.parent.proxy.errors import ConfigError
+from nitrokms.proto import messages as m
+from nitrokms.proto.addresses import parse_address
+from nitrokms.proto.attestation import AttestationError, AttestationVerifier, parse_document
+from nitrokms.proto.connection import BadRequest, ServerConnection
+from nitrokms.proto.errors import AddressError, RemoteProtocolError
+from nitrokms.proto.framing import FrameDecoder, encode_frame
+from nitrokms.sim.kms.auth import Credential, ReceivedRequest, SigV4Verifier
+from nitrokms.sim.kms.models import KeyStore
+from nitrokms.sim.kms.recipient import RecipientReader
+from nitrokms.sim.kms.responses import JSON_CONTENT_TYPE, KMSApplication, Response
+from nitrokms.sim.nsm.pki import SimulatedPKI
 
-from enclave import envelope
-from enclave.cms import CMSError, decrypt_enveloped_data, inspect_enveloped_data
-from enclave.errors import DecryptionError
-from enclave.nsm import codec as nsm_codec
-from enclave.nsm.errors import NSMError, NSMErrorCode
-from parent.proxy.allowlist import parse_allowlist
-from parent.proxy.errors import ConfigError
-from proto import messages as m
-from proto.addresses import parse_address
-from proto.attestation import AttestationError, AttestationVerifier, parse_document
-from proto.connection import BadRequest, ServerConnection
-from proto.errors import AddressError, RemoteProtocolError
-from proto.framing import FrameDecoder, encode_frame
 from tests.fuzz.engine import Target
-from tests.harness.kms.auth import Credential, ReceivedRequest, SigV4Verifier
-from tests.harness.kms.models import KeyStore
-from tests.harness.kms.recipient import RecipientReader
-from tests.harness.kms.responses import JSON_CONTENT_TYPE, KMSApplication, Response
-from tests.harness.nsm.pki import SimulatedPKI
 
 VECTORS: Final = Path(__file__).resolve().parents[1] / "vectors"
 MODULE_ID: Final = "i-0f73a4b4cb74cc9f2-enc0192e4188fef781d"

@@ -8,9 +8,9 @@ import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nitrokms.proto.errors import RemoteProtocolError
+from nitrokms.proto.framing import encode_frame
 
-from proto.errors import RemoteProtocolError
-from proto.framing import encode_frame
 from tests.fuzz import targets
 
 _SETTINGS = settings(max_examples=300, deadline=None)

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from enclave.config import parse_config
+from nitrokms.enclave.config import parse_config
 
 from .conftest import REPO
 from .dockerfile import DockerIgnore, Instruction, Stage, parse
@@ -56,7 +55,7 @@ def test_cmd_is_exec_form_with_an_absolute_path_and_no_entrypoint(stages: list[S
     assert not [i for i in all_instructions(stages) if i.keyword == "ENTRYPOINT"]
     (cmd,) = final.named("CMD")
     argv = cmd.exec_form()
-    assert argv == ["/usr/local/bin/python3", "-m", "enclave"]
+    assert argv == ["/usr/local/bin/python3", "-m", "nitrokms.enclave"]
     assert all(i.keyword != "CMD" for s in stages[:-1] for i in s.instructions)
 
 
@@ -117,7 +116,7 @@ def test_copy_lines_name_only_what_ships(stages: list[Stage], dockerignore: Dock
     for copy in stages[0].named("COPY"):
         *sources, _ = copy.args.split()
         for source in sources:
-            assert not source.startswith(("tests", "parent", ".")), source
+            assert not source.startswith(("tests", "parent", "sim", "nitrokms/cli", ".")), source
             path = source.rstrip("/")
             assert any(f == path or f.startswith(path + "/") for f in context), source
 
@@ -126,10 +125,11 @@ def test_build_context_excludes_tests_and_everything_unshipped(dockerignore: Doc
     context = dockerignore.context_files(REPO)
     assert "enclave/__main__.py" in context
     assert "proto/data/aws_nitro_enclaves_root_g1.pem" in context
-    assert {"pyproject.toml", "README.md", "requirements/enclave.lock"} <= context
-    assert not [f for f in context if f.startswith(("tests/", "parent/", ".venv/", "build/"))]
+    assert {"nitrokms/__init__.py", "transport/sockets.py", "requirements/enclave.lock"} <= context
+    unshipped_dirs = ("tests/", "parent/", "sim/", "nitrokms/cli/", ".venv/", "build/")
+    assert not [f for f in context if f.startswith(unshipped_dirs)]
     assert not [f for f in context if "__pycache__" in f or f.endswith(".pyc")]
-    for unshipped in ("tests/harness/kms/server.py", ".venv/bin/python", ".git/HEAD", "out/x.eif"):
+    for unshipped in ("sim/kms/server.py", "nitrokms/cli/call.py", ".venv/bin/python", "out/x.eif"):
         assert dockerignore.excludes(unshipped)
 
 

@@ -11,11 +11,10 @@ import pytest
 from botocore.config import Config
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-from tests.harness.kms.auth import Credential
-from tests.harness.kms.fixtures import kms_server  # noqa: F401
-from tests.harness.kms.server import LocalKMS
-from tests.harness.nsm.pki import SimulatedPKI
+from nitrokms.sim.kms.auth import Credential
+from nitrokms.sim.kms.fixtures import kms_server  # noqa: F401
+from nitrokms.sim.kms.server import LocalKMS
+from nitrokms.sim.nsm.pki import SimulatedPKI
 
 REGION = "us-east-1"
 ACCOUNT = "111122223333"

@@ -11,8 +11,7 @@ from urllib.parse import urlsplit
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-
-from tests.harness.kms.auth import Credential
+from nitrokms.sim.kms.auth import Credential
 
 
 def connect(url: str, ca: Path) -> http.client.HTTPSConnection:

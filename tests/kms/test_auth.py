@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-
-from tests.harness.kms.auth import Credential
-from tests.harness.kms.exceptions import InvalidSignatureException
-from tests.harness.kms.server import LocalKMS
+from nitrokms.sim.kms.auth import Credential
+from nitrokms.sim.kms.exceptions import InvalidSignatureException
+from nitrokms.sim.kms.server import LocalKMS
 
 from . import rawhttp
 from .conftest import ADMIN, ENCLAVE, client_for
@@ -157,8 +156,7 @@ def test_canonicalisation_matches_botocore_signer(url: str, headers: dict[str, s
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
-
-    from tests.harness.kms.auth import ReceivedRequest, SigV4Verifier
+    from nitrokms.sim.kms.auth import ReceivedRequest, SigV4Verifier
 
     request = AWSRequest(method="POST", url=url, data=b'{"a": 1}', headers=headers)
     SigV4Auth(

@@ -1,4 +1,4 @@
-"""`python -m tests.harness kms serve` as a subprocess."""
+"""`python -m nitrokms.sim kms serve` as a subprocess."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import boto3
-
-from tests.harness.kms.fixtures import REPO_ROOT, KMSProcess, stop_kms
-from tests.harness.nsm.pki import SimulatedPKI
+from nitrokms.sim.kms.fixtures import KMSProcess, stop_kms
+from nitrokms.sim.nsm.pki import SimulatedPKI
 
 
 def test_serve_prints_url_first_writes_ca_and_stops_on_sigterm(kms_server: KMSProcess) -> None:
@@ -26,8 +25,8 @@ def test_serve_prints_url_first_writes_ca_and_stops_on_sigterm(kms_server: KMSPr
 def _run(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[str]:
     with log.open("w") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "tests.harness", "kms", "serve", *args],
-            cwd=REPO_ROOT,
+            [sys.executable, "-m", "nitrokms.sim", "kms", "serve", *args],
+            cwd=log.parent,
             env=env,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -37,7 +36,7 @@ def _run(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[st
 
 def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    return env | {"PYTHONPATH": str(REPO_ROOT)} | extra
+    return env | extra
 
 
 def test_serve_refuses_to_start_without_credentials(tmp_path: Path) -> None:

@@ -9,16 +9,15 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from tests.harness.kms import crypto
-from tests.harness.kms.auth import Credential, ReceivedRequest, SigV4Verifier
-from tests.harness.kms.exceptions import (
+from nitrokms.sim.kms import crypto
+from nitrokms.sim.kms.auth import Credential, ReceivedRequest, SigV4Verifier
+from nitrokms.sim.kms.exceptions import (
     InvalidCiphertextException,
     KMSServiceError,
     ValidationException,
 )
-from tests.harness.kms.recipient import RecipientReader
-from tests.harness.nsm.pki import SimulatedPKI
+from nitrokms.sim.kms.recipient import RecipientReader
+from nitrokms.sim.nsm.pki import SimulatedPKI
 
 MATERIAL = bytes(range(32))
 KEY_ID = str(uuid.UUID(int=7))

@@ -9,8 +9,7 @@ import threading
 from typing import Any
 
 import pytest
-
-from tests.harness.kms.server import MAX_BODY_BYTES, LocalKMS
+from nitrokms.sim.kms.server import MAX_BODY_BYTES, LocalKMS
 
 from . import rawhttp
 from .conftest import ADMIN, client_for

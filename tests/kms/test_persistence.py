@@ -8,9 +8,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from tests.harness.kms.fixtures import spawn_kms, stop_kms
-from tests.harness.kms.server import LocalKMS
-from tests.harness.nsm.pki import SimulatedPKI
+from nitrokms.sim.kms.fixtures import spawn_kms, stop_kms
+from nitrokms.sim.kms.server import LocalKMS
+from nitrokms.sim.nsm.pki import SimulatedPKI
 
 from .conftest import ACCOUNT, ADMIN, CREDENTIALS, client_for
 

@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from tests.harness.kms.exceptions import MalformedPolicyDocumentException
-from tests.harness.kms.policy import (
+from nitrokms.sim.kms.exceptions import MalformedPolicyDocumentException
+from nitrokms.sim.kms.policy import (
     PolicyDocument,
     RequestContext,
     default_policy,

@@ -13,9 +13,8 @@ import pytest
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-from tests.harness.kms.server import LocalKMS
-from tests.harness.nsm.pki import SimulatedPKI
+from nitrokms.sim.kms.server import LocalKMS
+from nitrokms.sim.nsm.pki import SimulatedPKI
 
 from .cms_reader import decrypt_for_recipient
 from .conftest import ACCOUNT, ADMIN, DEBUG_PCRS, PCRS, client_for
@@ -152,7 +151,7 @@ def test_expired_document_is_denied_and_the_log_says_why(
     enclave: Any, pinned_key: str, make_document: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     doc = make_document(timestamp_ms=int((time.time() - 86400) * 1000))
-    caplog.set_level(logging.INFO, logger="tests.harness.kms")
+    caplog.set_level(logging.INFO, logger="nitrokms.sim.kms")
     assert attested_call(enclave, pinned_key, doc) == "AccessDeniedException"
     denial = [r.getMessage() for r in caplog.records if "AccessDenied" in r.getMessage()][-1]
     assert "attestation.Expired" in denial
@@ -174,7 +173,7 @@ def test_document_from_another_root_is_denied(
 def test_explicit_deny_wins_over_a_matching_allow(
     enclave: Any, pinned_key: str, make_document: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="tests.harness.kms")
+    caplog.set_level(logging.WARNING, logger="nitrokms.sim.kms")
     assert attested_call(enclave, pinned_key, make_document()) == "ok"
     with pytest.raises(ClientError) as excinfo:
         enclave.generate_data_key(
@@ -196,7 +195,7 @@ def test_explicit_deny_wins_over_a_matching_allow(
 def test_denial_log_names_statement_and_failed_condition(
     enclave: Any, pinned_key: str, make_document: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="tests.harness.kms")
+    caplog.set_level(logging.WARNING, logger="nitrokms.sim.kms")
     doc = make_document(pcrs=PCRS | {0: b"\x99" * 48})
     code_of(
         lambda: enclave.generate_data_key(
@@ -216,7 +215,7 @@ def test_denial_log_names_statement_and_failed_condition(
 def test_unverified_document_proceeds_when_the_policy_does_not_require_attestation(
     admin: Any, make_document: Any, rsa_key: rsa.RSAPrivateKey, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="tests.harness.kms")
+    caplog.set_level(logging.WARNING, logger="nitrokms.sim.kms")
     key_id = admin.create_key()["KeyMetadata"]["KeyId"]
     doc = make_document(timestamp_ms=int((time.time() - 86400) * 1000))
     reply = admin.generate_data_key(KeyId=key_id, KeySpec="AES_128", Recipient=recipient(doc))

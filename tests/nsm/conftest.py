@@ -1,17 +1,16 @@
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nitrokms.sim.nsm.pki import SimulatedPKI
+from nitrokms.sim.nsm.server import SimulatedNSM, preload_library_path
+from nitrokms.sim.nsm.simulator import NSMSimulator, boot_pcrs
 
-from tests.harness.nsm.pki import SimulatedPKI
-from tests.harness.nsm.server import SimulatedNSM, checkout_root
-from tests.harness.nsm.simulator import NSMSimulator, boot_pcrs
+ROOT = Path(__file__).resolve().parents[2]
 
-ROOT = checkout_root()
 PYTHON = sys.executable
 INSTANCE_ID = "i-0123456789abcdef0"
 MODULE_ID = f"{INSTANCE_ID}-enc0123456789abcdef"
@@ -19,9 +18,8 @@ MODULE_ID = f"{INSTANCE_ID}-enc0123456789abcdef"
 
 @pytest.fixture(scope="session")
 def preload_library() -> Path:
-    """Build the preload library the way a fresh checkout would (`make` file target)."""
-    subprocess.run(["make", "-s", "-C", str(ROOT), "build/libnsmsim.so"], check=True)
-    path = ROOT / "build" / "libnsmsim.so"
+    """The preload library the package built at install time (`nitrokms.sim.nsm._preload`)."""
+    path = preload_library_path()
     assert path.is_file()
     return path
 

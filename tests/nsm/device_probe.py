@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 
-from enclave.nsm import DeviceTransport, NSMClient, NSMError, _binding
+from nitrokms.enclave.nsm import DeviceTransport, NSMClient, NSMError, _binding
 
 
 def code_of(call: object) -> str:

@@ -1,4 +1,4 @@
-"""`python -m tests.harness nsm ...` and `nitrokms nsm ...` from the command line."""
+"""`python -m nitrokms.sim nsm ...` and `nitrokms nsm ...` from the command line."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ NITROKMS = str(Path(PYTHON).with_name("nitrokms"))
 
 def harness(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [PYTHON, "-m", "tests.harness", "nsm", *args],
+        [PYTHON, "-m", "nitrokms.sim", "nsm", *args],
         check=False,
         cwd=ROOT,
         capture_output=True,
@@ -111,14 +111,14 @@ def test_run_usage_errors(
     assert message in result.stderr.decode()
 
 
-def test_missing_preload_library_tells_the_user_to_build(tmp_path: Path) -> None:
+def test_missing_preload_library_is_named(tmp_path: Path) -> None:
     result = subprocess.run(
-        [PYTHON, "-m", "tests.harness", "nsm", "run", "--state", str(tmp_path), "--", "true"],
+        [PYTHON, "-m", "nitrokms.sim", "nsm", "run", "--state", str(tmp_path), "--", "true"],
         cwd=ROOT, check=False, capture_output=True, timeout=60,
         env={"PATH": "/usr/bin:/bin", "NITROKMS_NSM_PRELOAD": str(tmp_path / "missing.so")},
     )  # fmt: skip
     assert result.returncode == 1
-    assert "make build" in result.stderr.decode()
+    assert result.stderr.decode() == f"nsm run: preload library {tmp_path}/missing.so not found\n"
 
 
 def test_nitrokms_nsm_without_a_device_fails_cleanly(tmp_path: Path) -> None:
@@ -152,7 +152,7 @@ def test_run_forwards_sigterm_to_the_command(preload_library: Path, tmp_path: Pa
         [
             PYTHON,
             "-m",
-            "tests.harness",
+            "nitrokms.sim",
             "nsm",
             "run",
             "--state",

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import cbor2
 import pytest
-
-from enclave.nsm import (
+from nitrokms.enclave.nsm import (
     DeviceTransport,
     LibNSMBackend,
     NSMClient,

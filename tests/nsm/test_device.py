@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import cbor2
+from nitrokms.sim.nsm.server import SimulatedNSM
 
-from tests.harness.nsm.server import SimulatedNSM
 from tests.nsm.conftest import PYTHON, ROOT
 
 
@@ -61,7 +61,7 @@ def test_without_a_simulator_socket_the_device_is_unavailable(
     env = running_nsm.child_env()
     env["NITROKMS_NSM_SOCKET"] = str(tmp_path / "absent.sock")
     code = (
-        "from enclave.nsm import NSMClient, NSMUnavailableError\n"
+        "from nitrokms.enclave.nsm import NSMClient, NSMUnavailableError\n"
         "try:\n    NSMClient.open(backend='device')\n"
         "except NSMUnavailableError as e:\n    print(e.code)\n"
     )

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import cbor2
 import pytest
-
-from enclave.nsm import NSMClient, NSMError, NSMErrorCode, TransportBackend, codec
-from tests.harness.nsm.pki import SimulatedPKI
-from tests.harness.nsm.simulator import (
+from nitrokms.enclave.nsm import NSMClient, NSMError, NSMErrorCode, TransportBackend, codec
+from nitrokms.sim.nsm.pki import SimulatedPKI
+from nitrokms.sim.nsm.simulator import (
     NSMSimulator,
     SimulatorConfigError,
     boot_pcrs,
@@ -21,6 +20,7 @@ from tests.harness.nsm.simulator import (
     load_or_create_instance_id,
     new_module_id,
 )
+
 from tests.nsm.conftest import INSTANCE_ID, MODULE_ID
 
 ZERO = bytes(48)

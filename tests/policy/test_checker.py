@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from parent.policy import PolicyError, find_unconditional_grants
+from nitrokms.parent.policy import PolicyError, find_unconditional_grants
 
 from .conftest import PCR0, PCR1, ZERO
 

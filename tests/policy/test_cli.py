@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from nitrokms.parent.policy import find_unconditional_grants, measured_pcr
 
-from parent.cli import main
-from parent.policy import find_unconditional_grants, measured_pcr
+from nitrokms.cli import main
 
 from .conftest import ACCOUNT, INSTANCE_ID, PCR0, ROLE_ARN, ZERO, measurements_json
 

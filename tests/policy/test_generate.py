@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from parent.policy import (
+from nitrokms.parent.policy import (
     ADMIN_ACTIONS,
     ATTESTED_ONLY_ACTIONS,
     Measurements,

@@ -14,11 +14,16 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
-from parent.policy import Measurements, PolicyRequest, generate_policy, measured_pcr, render
-from tests.harness.kms.auth import Credential
-from tests.harness.kms.server import LocalKMS
-from tests.harness.nsm.pki import SimulatedPKI
+from nitrokms.parent.policy import (
+    Measurements,
+    PolicyRequest,
+    generate_policy,
+    measured_pcr,
+    render,
+)
+from nitrokms.sim.kms.auth import Credential
+from nitrokms.sim.kms.server import LocalKMS
+from nitrokms.sim.nsm.pki import SimulatedPKI
 
 from .conftest import ACCOUNT, INSTANCE_ID, ROLE_ARN
 

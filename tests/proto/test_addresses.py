@@ -8,21 +8,17 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from proto.addresses import (
+from nitrokms.proto.addresses import (
     VMADDR_CID_ANY,
     Address,
     AddressError,
     TcpAddress,
     UnixAddress,
     VsockAddress,
-    bound_address,
-    connect_socket,
     format_address,
-    open_connection,
     parse_address,
-    start_server,
 )
+from nitrokms.transport.sockets import bound_address, connect_socket, open_connection, start_server
 
 
 @pytest.mark.parametrize(

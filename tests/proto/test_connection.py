@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import pytest
-
-from proto import messages as m
-from proto.connection import BadRequest, ClientConnection, ServerConnection, error_reply_for
-from proto.errors import LocalProtocolError, RemoteProtocolError
-from proto.framing import encode_frame
+from nitrokms.proto import messages as m
+from nitrokms.proto.connection import (
+    BadRequest,
+    ClientConnection,
+    ServerConnection,
+    error_reply_for,
+)
+from nitrokms.proto.errors import LocalProtocolError, RemoteProtocolError
+from nitrokms.proto.framing import encode_frame
 
 
 def test_requests_in_flight_answered_in_any_order() -> None:

@@ -5,9 +5,8 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from proto.errors import LocalProtocolError, RemoteProtocolError
-from proto.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
+from nitrokms.proto.errors import LocalProtocolError, RemoteProtocolError
+from nitrokms.proto.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 
 
 def chunked(data: bytes, sizes: list[int]) -> list[bytes]:

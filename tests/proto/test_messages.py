@@ -7,9 +7,8 @@ import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from proto import messages as m
-from proto.errors import LocalProtocolError, RemoteProtocolError
+from nitrokms.proto import messages as m
+from nitrokms.proto.errors import LocalProtocolError, RemoteProtocolError
 
 PCRS = {i: bytes([i]) * 48 for i in range(16)}
 

@@ -14,10 +14,9 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
-
-from parent.proxy.relay import Relay, RelaySettings
-from parent.proxy.resolver import IpFamily, Resolver
-from proto.addresses import Address, TcpAddress
+from nitrokms.parent.proxy.relay import Relay, RelaySettings
+from nitrokms.parent.proxy.resolver import IpFamily, Resolver
+from nitrokms.proto.addresses import Address, TcpAddress
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -169,6 +168,6 @@ async def close(writer: asyncio.StreamWriter) -> None:
 
 
 async def connect(address: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    from proto.addresses import open_connection
+    from nitrokms.transport.sockets import open_connection
 
     return await open_connection(address)

@@ -6,15 +6,20 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from parent.proxy.allowlist import (
+from nitrokms.parent.proxy.allowlist import (
     MAX_CONFIG_BYTES,
     AllowEntry,
     check_allowlist,
     load_allowlist,
     parse_allowlist,
 )
-from parent.proxy.errors import NOT_ALLOWED_MESSAGE, ConfigError, NotAllowedError, ResolveError
+from nitrokms.parent.proxy.errors import (
+    NOT_ALLOWED_MESSAGE,
+    ConfigError,
+    NotAllowedError,
+    ResolveError,
+)
+
 from tests.proxy.support import ip
 
 AWS_STYLE = """\

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from parent.proxy.errors import NOT_ALLOWED_MESSAGE
+from nitrokms.parent.proxy.errors import NOT_ALLOWED_MESSAGE
 
 NITROKMS = str(Path(sys.executable).parent / "nitrokms")
 READY_TIMEOUT_S = 15.0

@@ -8,11 +8,11 @@ import os
 import socket
 
 import pytest
+from nitrokms.parent.proxy.metrics import start_metrics_server
+from nitrokms.parent.proxy.relay import WRITE_HIGH_WATER_BYTES
+from nitrokms.parent.proxy.resolver import Resolver
+from nitrokms.proto.addresses import TcpAddress, UnixAddress
 
-from parent.proxy.metrics import start_metrics_server
-from parent.proxy.relay import WRITE_HIGH_WATER_BYTES
-from parent.proxy.resolver import Resolver
-from proto.addresses import TcpAddress, UnixAddress
 from tests.proxy.support import (
     DnsZone,
     FakeClock,

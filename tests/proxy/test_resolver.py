@@ -3,9 +3,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from nitrokms.parent.proxy.errors import NO_ACCEPTED_IP_MESSAGE, ResolveError
+from nitrokms.parent.proxy.resolver import IpFamily, Resolver, hosts_file_lookup, normalise_host
 
-from parent.proxy.errors import NO_ACCEPTED_IP_MESSAGE, ResolveError
-from parent.proxy.resolver import IpFamily, Resolver, hosts_file_lookup, normalise_host
 from tests.proxy.support import DnsZone, FakeClock, fake_dns, ip
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
-import parent
+from nitrokms import parent
 
 UNIT = Path(parent.__file__).parent / "systemd" / "nitrokms-proxy.service"
 

@@ -7,10 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from parent.rpc import EnclaveClient
-from tests.harness.kms.faults import write_plan
-from tests.harness.world import World
+from nitrokms.parent.rpc import EnclaveClient
+from nitrokms.sim.kms.faults import write_plan
+from nitrokms.sim.world import World
 
 VERBOSE_KMS = ("-v",)
 VERBOSE_ENCLAVE = ("--log-level", "DEBUG")

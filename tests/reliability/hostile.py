@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
-from proto import messages as m
-from proto.errors import RemoteProtocolError
-from proto.framing import FrameDecoder, encode_frame
+from nitrokms.proto import messages as m
+from nitrokms.proto.errors import RemoteProtocolError
+from nitrokms.proto.framing import FrameDecoder, encode_frame
 
 READ_TIMEOUT_S: Final = 20.0
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from parent.rpc import AsyncEnclaveClient
-from parent.rpc.errors import RPCError
-from tests.harness.faults import FaultProxy
-from tests.harness.processes import ManagedProcess, spawn
-from tests.harness.world import REPO_ROOT, EnclaveProcess, World
+from nitrokms.parent.rpc import AsyncEnclaveClient
+from nitrokms.parent.rpc.errors import RPCError
+from nitrokms.sim.faults import FaultProxy
+from nitrokms.sim.processes import ManagedProcess, spawn
+from nitrokms.sim.world import EnclaveProcess, World
 
 REQUEST_TIMEOUT_S: Final = 30.0
 RSS_SAMPLE_S: Final = 0.25
@@ -229,7 +229,7 @@ def sample_rss(pids: dict[str, int]) -> Iterator[dict[str, RSSSeries]]:
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
+    env.update(PYTHONUNBUFFERED="1")
     return env
 
 
@@ -239,12 +239,12 @@ def start_relay(world: World, name: str, upstream_port: int) -> tuple[ManagedPro
     allowlist.write_text(f"allowlist:\n- {{address: 127.0.0.1, port: {upstream_port}}}\n")
     socket_path = world.run_dir / f"{name}.sock"
     argv = [
-        sys.executable, "-m", "parent.cli", "proxy", "8000", "127.0.0.1", str(upstream_port),
+        sys.executable, "-m", "nitrokms.cli", "proxy", "8000", "127.0.0.1", str(upstream_port),
         "--config", str(allowlist), "--listen", f"unix://{socket_path}", "--log-format", "json",
         "--connect-timeout", "2", "--drain-timeout", "2",
     ]  # fmt: skip
     process, _ = spawn(
-        name, argv, log_path=world.log_dir / f"{name}.log", env=_env(), cwd=REPO_ROOT,
+        name, argv, log_path=world.log_dir / f"{name}.log", env=_env(), cwd=world.workdir,
         ready="proxy.listening",
     )  # fmt: skip
     return process, socket_path

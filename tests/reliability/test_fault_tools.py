@@ -11,11 +11,10 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError
-
-from tests.harness.faults import FaultProxy
-from tests.harness.kms.auth import Credential
-from tests.harness.kms.faults import Fault, FaultPlan, remaining, write_plan
-from tests.harness.kms.server import LocalKMS
+from nitrokms.sim.faults import FaultProxy
+from nitrokms.sim.kms.auth import Credential
+from nitrokms.sim.kms.faults import Fault, FaultPlan, remaining, write_plan
+from nitrokms.sim.kms.server import LocalKMS
 
 CREDENTIAL = Credential("AKIAFAULTTOOLS00001", "fault-tools-secret", "arn:aws:iam::1:root")
 

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from parent.rpc import EnclaveClient
-from parent.rpc.errors import RemoteError
-from tests.harness.kms.faults import remaining, write_plan
+from nitrokms.parent.rpc import EnclaveClient
+from nitrokms.parent.rpc.errors import RemoteError
+from nitrokms.sim.kms.faults import remaining, write_plan
 
 ATTEMPTS = 4  # the enclave's default --kms-max-attempts
 THROTTLED = {"status": 400, "type": "ThrottlingException", "message": "Rate exceeded"}

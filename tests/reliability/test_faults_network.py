@@ -14,10 +14,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from nitrokms.parent.rpc import EnclaveClient
+from nitrokms.parent.rpc.errors import RemoteError
+from nitrokms.sim.world import World
 
-from parent.rpc import EnclaveClient
-from parent.rpc.errors import RemoteError
-from tests.harness.world import World
 from tests.reliability.support import FaultyPath, faulty_path
 
 ATTEMPTS = 2

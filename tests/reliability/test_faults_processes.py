@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nitrokms.parent.rpc import EnclaveClient
+from nitrokms.parent.rpc.errors import RemoteError, RPCConnectionError, RPCError
+from nitrokms.sim.kms.faults import write_plan
+from nitrokms.sim.world import World
 
-from parent.rpc import EnclaveClient
-from parent.rpc.errors import RemoteError, RPCConnectionError, RPCError
-from tests.harness.kms.faults import write_plan
-from tests.harness.world import World
 from tests.reliability.support import CONTEXT, LoadThread, gdk_call
 
 # A dropped KMS connection reads as kms.Unreachable (never as a TLS verification failure, which

@@ -18,11 +18,11 @@ import time
 from collections import Counter
 
 import pytest
+from nitrokms.parent.rpc import EnclaveClient
+from nitrokms.parent.rpc.errors import RemoteError
+from nitrokms.proto import messages as m
+from nitrokms.sim.world import EnclaveProcess, World
 
-from parent.rpc import EnclaveClient
-from parent.rpc.errors import RemoteError
-from proto import messages as m
-from tests.harness.world import EnclaveProcess, World
 from tests.reliability.hostile import (
     Outcome,
     exchange,

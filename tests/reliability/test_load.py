@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from nitrokms.sim.world import World
 
-from tests.harness.world import World
 from tests.reliability.support import CONTEXT, gdk_call, run_load, sample_rss
 
 # RSS may grow while caches, pools and allocator arenas warm up, but not with the request count.

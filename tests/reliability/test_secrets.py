@@ -14,9 +14,9 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from nitrokms.parent.rpc.errors import RPCError
+from nitrokms.sim.world import World
 
-from parent.rpc.errors import RPCError
-from tests.harness.world import World
 from tests.reliability.support import CONTEXT, MARKER_PLAINTEXT, leaks, read_logs, world_secrets
 
 MARKER_SECRET_KEY = "MARKERsecretKEY/do+not+log/4f1d2c3b5a697887"

@@ -6,8 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from proto.addresses import Address, TcpAddress, UnixAddress
+from nitrokms.proto.addresses import Address, TcpAddress, UnixAddress
 
 
 @pytest.fixture

@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from proto import messages as m
-from proto.addresses import Address, bound_address, start_server
-from proto.connection import BadRequest, ServerConnection, error_reply_for
-from proto.errors import RemoteProtocolError
+from nitrokms.proto import messages as m
+from nitrokms.proto.addresses import Address
+from nitrokms.proto.connection import BadRequest, ServerConnection, error_reply_for
+from nitrokms.proto.errors import RemoteProtocolError
+from nitrokms.transport.sockets import bound_address, start_server
 
 KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 PCR = bytes(range(48))

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nitrokms.proto import messages as m
+from nitrokms.proto.addresses import UnixAddress
 
-from parent.cli import main
-from proto import messages as m
-from proto.addresses import UnixAddress
+from nitrokms.cli import main
 from tests.rpc.fakes import KEY_ARN, PCR, Close, Fail, FakeEnclave, ServerThread
 
 

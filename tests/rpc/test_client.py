@@ -7,8 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-
-from parent.rpc import (
+from nitrokms.parent.rpc import (
     AccessDeniedError,
     AsyncEnclaveClient,
     Backoff,
@@ -23,8 +22,9 @@ from parent.rpc import (
     RPCConnectionError,
     RPCTimeoutError,
 )
-from proto import messages as m
-from proto.addresses import Address, UnixAddress
+from nitrokms.proto import messages as m
+from nitrokms.proto.addresses import Address, UnixAddress
+
 from tests.rpc.fakes import KEY_ARN, Close, Fail, FakeEnclave, Garbage, ScriptedServer
 
 FAST = Backoff(initial_s=0.01, max_s=0.05)
@@ -328,7 +328,7 @@ def test_reply_to_the_wrong_operation_is_a_broken_stream(unix_address: UnixAddre
 
 def test_connection_level_error_reply_fails_calls_in_flight(unix_address: UnixAddress) -> None:
     async def connection_error(request: m.Request) -> Garbage:
-        from proto.connection import ServerConnection
+        from nitrokms.proto.connection import ServerConnection
 
         frame = ServerConnection().send_error(None, None, "protocol.TooManyRequests", "slow down")
         return Garbage(frame)

@@ -17,18 +17,18 @@ from typing import Any
 
 import pytest
 from botocore.credentials import RefreshableCredentials
-
-from parent.cli import main
-from parent.credentials import (
+from nitrokms.parent.credentials import (
     ChainCredentials,
     CredentialProvider,
     CredentialSourceError,
     fetch_credentials,
     refresh_time,
 )
-from parent.rpc import AsyncEnclaveClient, Backoff
-from proto import messages as m
-from proto.addresses import UnixAddress
+from nitrokms.parent.rpc import AsyncEnclaveClient, Backoff
+from nitrokms.proto import messages as m
+from nitrokms.proto.addresses import UnixAddress
+
+from nitrokms.cli import main
 from tests.rpc.fakes import FakeEnclave, ScriptedServer, ServerThread
 
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"

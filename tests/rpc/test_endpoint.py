@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
-from parent.rpc.endpoint import enclave_address
-from proto.addresses import TcpAddress, UnixAddress, VsockAddress
-from proto.errors import AddressError
+from nitrokms.parent.rpc.endpoint import enclave_address
+from nitrokms.proto.addresses import TcpAddress, UnixAddress, VsockAddress
+from nitrokms.proto.errors import AddressError
 
 
 def test_explicit_address_wins_over_everything() -> None:

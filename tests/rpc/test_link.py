@@ -10,11 +10,10 @@ from typing import Any
 import cbor2
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from parent.rpc.errors import RPCError
-from parent.rpc.link import Link
-from proto import messages as m
-from proto.connection import ServerConnection
+from nitrokms.parent.rpc.errors import RPCError
+from nitrokms.parent.rpc.link import Link
+from nitrokms.proto import messages as m
+from nitrokms.proto.connection import ServerConnection
 
 
 class StubWriter:

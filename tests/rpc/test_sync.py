@@ -7,16 +7,16 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-from parent.rpc import (
+from nitrokms.parent.rpc import (
     AccessDeniedError,
     EnclaveClient,
     InvalidRequestError,
     RPCConnectionError,
     RPCTimeoutError,
 )
-from proto import messages as m
-from proto.addresses import Address, UnixAddress
+from nitrokms.proto import messages as m
+from nitrokms.proto.addresses import Address, UnixAddress
+
 from tests.rpc.fakes import Action, Fail, FakeEnclave, ServerThread
 
 

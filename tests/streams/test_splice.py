@@ -1,4 +1,5 @@
-"""proto.streams: the shared byte pump (relay and in-enclave CONNECT listener) on real sockets."""
+"""nitrokms.transport.splice: the shared byte pump (relay and in-enclave CONNECT listener) on
+real sockets."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-
-from proto.addresses import TcpAddress, UnixAddress, connect_protocol
-from proto.streams import Splice
+from nitrokms.proto.addresses import TcpAddress, UnixAddress
+from nitrokms.transport.sockets import connect_protocol
+from nitrokms.transport.splice import Splice
 
 TIMEOUT_S = 10.0
 PAYLOAD = os.urandom(2 * 1024 * 1024 + 5)

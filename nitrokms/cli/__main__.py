@@ -1,0 +1,5 @@
+import sys
+
+from nitrokms.cli import main
+
+sys.exit(main())

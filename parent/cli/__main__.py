@@ -1,5 +1,0 @@
-import sys
-
-from parent.cli import main
-
-sys.exit(main())
