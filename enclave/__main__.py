@@ -1,4 +1,5 @@
-"""`python -m nitrokms.enclave`: the enclave service's entry point (the image's CMD).
+"""`python -m nitrokms.enclave`: the enclave service's entry point (the image's CMD). It needs no
+argument: the image's settings file says everything (see `nitrokms.enclave.config`).
 
 Brings loopback up, starts the recipient key pool, the in-enclave KMS CONNECT proxy and the RPC
 server, then prints `{"event": "ready", "listen": ADDRESS, "pid": PID}` on stderr. On SIGTERM or
@@ -115,7 +116,11 @@ async def serve(config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_config(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    config = parse_config(args)
+    if "--show-config" in args:
+        print(json.dumps(config.public(), indent=2))
+        return 0
     _configure_logging(config)
     try:
         return asyncio.run(serve(config))

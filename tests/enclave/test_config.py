@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from nitrokms.enclave import config as config_module
 from nitrokms.enclave.config import parse_config, split_endpoint
 from nitrokms.proto.addresses import UnixAddress, VsockAddress
 
@@ -102,3 +104,85 @@ def test_startup_without_an_nsm_fails_with_one_clear_line(tmp_path):
     assert len(lines) == 1
     assert "cannot start" in lines[0]
     assert "nsm." in lines[0]
+
+
+# --- the image's settings file -------------------------------------------------------------------
+
+
+def _settings(tmp_path, values) -> str:
+    path = tmp_path / "enclave.json"
+    path.write_text(json.dumps(values))
+    return str(path)
+
+
+def test_settings_file_alone_configures_the_service(tmp_path):
+    path = _settings(
+        tmp_path,
+        {
+            "region": "eu-west-1",
+            "parent_cid": 2,
+            "relay_port": 8001,
+            "pool_size": 3,
+            "ca_bundle": "/etc/nitrokms/kms-roots.pem",
+        },
+    )
+    config = parse_config([], {"NITROKMS_SETTINGS": path})
+    assert config.region == "eu-west-1"
+    assert config.kms_host == "kms.eu-west-1.amazonaws.com"
+    assert config.kms_relay == VsockAddress(2, 8001)
+    assert config.pool_size == 3
+    assert config.ca_bundle == "/etc/nitrokms/kms-roots.pem"
+
+
+def test_environment_and_arguments_override_the_settings_file(tmp_path):
+    path = _settings(tmp_path, {"region": "eu-west-1", "pool_size": 3, "kms_relay": "vsock://3:9"})
+    config = parse_config(
+        ["--settings", path, "--pool-size", "5"], {"NITROKMS_REGION": "eu-north-1"}
+    )
+    assert (config.region, config.pool_size) == ("eu-north-1", 5)
+    assert config.kms_relay == VsockAddress(3, 9)
+
+
+def test_the_default_settings_path_is_read_when_present(tmp_path, monkeypatch):
+    path = _settings(tmp_path, {"region": "ap-south-1"})
+    monkeypatch.setattr(config_module, "SETTINGS_PATH", path)
+    assert parse_config([], {}).region == "ap-south-1"
+    monkeypatch.setattr(config_module, "SETTINGS_PATH", str(tmp_path / "absent.json"))
+    assert parse_config([], {}).region == "us-east-1"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"regoin": "eu-west-1"}', "unknown setting 'regoin'"),
+        ('{"pool_size": 0}', "pool_size: 0 is outside"),
+        ('{"parent_cid": 1}', "parent_cid: 1 is outside"),
+        ('{"pool_size": true}', "string or a number"),
+        ('{"listen": "nowhere"}', "listen: "),
+        ('["region"]', "not a JSON object"),
+        ("region = 1", "not JSON"),
+    ],
+)
+def test_bad_settings_are_one_usage_error(tmp_path, capsys, content, message):
+    path = tmp_path / "enclave.json"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as info:
+        parse_config(["--settings", str(path)], {})
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_named_settings_file_must_exist(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_config([], {"NITROKMS_SETTINGS": str(tmp_path / "none.json")})
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_show_config_prints_the_effective_settings(tmp_path):
+    path = _settings(tmp_path, {"region": "eu-west-1", "parent_cid": 2})
+    result = _run_enclave("--settings", path, "--show-config")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["region"] == "eu-west-1"
+    assert shown["kms_relay"] == "vsock://2:8000"
+    assert shown["listen"] == "vsock://any:5000"
