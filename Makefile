@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: all venv build test lint typecheck pytest clean bench
-.PHONY: lint-image eif run-enclave policy base-digest enclave-lock
+.PHONY: lint-image eif run-enclave policy enclave-lock image image-check image-test
 .PHONY: soak fuzz
 
 all: test
@@ -43,7 +43,7 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 pytest: build
-	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not slow and not image" $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
@@ -58,7 +58,7 @@ bench: build
 # The long reliability runs (RELIABILITY.md): every `slow` test, e.g. 10,000 attested fetches at
 # concurrency 64 through the whole simulated world with RSS sampled; a few minutes.
 soak: build
-	$(VENV)/bin/pytest -m slow -s $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "slow and not image" -s $(PYTEST_ARGS)
 
 # Every fuzz target for FUZZ_SECONDS each (inputs counted, only typed errors allowed).
 FUZZ_SECONDS ?= 30
@@ -69,13 +69,49 @@ clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis
 
 # ---------------------------------------------------------------------------------------------
-# Real hardware: these run on a Nitro-enabled EC2 instance with docker and nitro-cli installed.
+# The enclave image, built here from Debian packages and hash-locked wheels (image/build.py).
+# Needs root (chroot, dpkg-deb), apt-get and gcc: a Debian machine. Downloads are cached under
+# ~/.cache/nitrokms. The settings given here are baked into the image and so measured into PCR2:
+# REGION (required for a real deployment; default us-east-1), PARENT_CID (3 on Nitro, 2 under a
+# VM), KMS_ENDPOINT, IMAGE_ARGS for anything else (e.g. IMAGE_ARGS="--setting pool_size=4").
 
-BASE_IMAGE_LOCK := image/base-image.lock
--include $(BASE_IMAGE_LOCK)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+REGION ?= us-east-1
+PARENT_CID ?= 3
+KMS_ENDPOINT ?=
+IMAGE_ARGS ?=
+IMAGE_OUT ?= out/image
+IMAGE_WORK ?= build/image
+IMAGE_BUILD = SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(PY) -m image.build --region '$(REGION)' \
+	--parent-cid $(PARENT_CID)$(if $(KMS_ENDPOINT), --kms-endpoint '$(KMS_ENDPOINT)') $(IMAGE_ARGS)
+
+# out/image: rootfs.tar, enclave.eif (Debian's trixie cloud kernel, our init), its parts (vmlinuz,
+# cmdline, bootstrap.cpio, app.cpio), measurements.json and manifest.json. Last line: sha256:HEX.
+image: venv
+	$(IMAGE_BUILD) --out $(IMAGE_OUT) --work $(IMAGE_WORK)
+
+# Two builds, each from an empty build directory; fails unless both pairs are byte-identical.
+IMAGE_CHECK := build/image-check
+image-check: venv
+	rm -rf $(IMAGE_CHECK)
+	$(IMAGE_BUILD) --out $(IMAGE_CHECK)/first --work $(IMAGE_CHECK)/work-first
+	$(IMAGE_BUILD) --out $(IMAGE_CHECK)/second --work $(IMAGE_CHECK)/work-second
+	cmp $(IMAGE_CHECK)/first/rootfs.tar $(IMAGE_CHECK)/second/rootfs.tar
+	cmp $(IMAGE_CHECK)/first/enclave.eif $(IMAGE_CHECK)/second/enclave.eif
+	@echo "image-check: rootfs.tar and enclave.eif are byte-identical across two builds"
+
+# The service run from the built root filesystem (its own interpreter and site-packages) in its
+# own network namespace under the simulated NSM, through the relay to the local KMS.
+image-test: venv
+	$(VENV)/bin/pytest -m image -p no:cacheprovider tests/image/test_image_run.py $(PYTEST_ARGS)
+
+# ---------------------------------------------------------------------------------------------
+# Real hardware: these run on a Nitro-enabled EC2 instance with docker and nitro-cli installed.
+# `make eif` turns out/image/rootfs.tar (from `make image`, possibly built on another machine
+# and copied) into an EIF with nitro-cli, i.e. with AWS's kernel and init.
+
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE_TAG ?= nitrokms-enclave:$(VERSION)
-SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 OUT ?= out
 EIF := $(OUT)/nitrokms.eif
 MEASUREMENTS ?= $(OUT)/measurements.json
@@ -92,16 +128,11 @@ debug_on = $(if $(filter command line,$(origin DEBUG)),$(filter 1,$(DEBUG)))
 DEBUG_WARNING := WARNING: --debug-mode zeroes PCR0, PCR1 and PCR2 in the enclave's attestation \
 	documents, so KMS key policies pinned to the real measurements deny it. Use it for the console only.
 
-# The digest is never invented: without one, stop and say how to get it.
 eif:
-	$(if $(strip $(BASE_IMAGE)),,$(error BASE_IMAGE is unset: $(BASE_IMAGE_LOCK) is missing or incomplete))
-	$(if $(strip $(BASE_IMAGE_DIGEST)),,$(error $(BASE_IMAGE_LOCK) has no BASE_IMAGE_DIGEST: \
-	run `make base-digest` on a machine that reaches the registry (or pass \
-	BASE_IMAGE_DIGEST=sha256:... that you looked up yourself); a digest is never guessed))
-	@printf '%s\n' '$(BASE_IMAGE_DIGEST)' | grep -Eqx 'sha256:[0-9a-f]{64}' || \
-	  { echo "BASE_IMAGE_DIGEST '$(BASE_IMAGE_DIGEST)' is not sha256:<64 hex>" >&2; exit 1; }
+	@test -f $(IMAGE_OUT)/rootfs.tar || { echo "$(IMAGE_OUT)/rootfs.tar not found: run \
+	\`make image REGION=...\` (on a Debian machine) and copy $(IMAGE_OUT) here" >&2; exit 1; }
 	mkdir -p $(OUT)
-	docker build -f Dockerfile.enclave --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg BASE_IMAGE_DIGEST=$(BASE_IMAGE_DIGEST) --build-arg SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) -t $(IMAGE_TAG) .
+	docker build -f Dockerfile.enclave -t $(IMAGE_TAG) .
 	nitro-cli build-enclave --docker-uri $(IMAGE_TAG) --output-file $(EIF) > $(MEASUREMENTS).tmp
 	mv $(MEASUREMENTS).tmp $(MEASUREMENTS)
 	@echo "$(EIF) built; measurements in $(MEASUREMENTS) (make policy turns them into a key policy)"
@@ -117,9 +148,6 @@ POLICY_ARGS = $(if $(ROLE_ARN), --role-arn '$(ROLE_ARN)')$(if $(ACCOUNT), --acco
 
 policy: venv
 	$(strip $(VENV)/bin/nitrokms policy --measurements $(MEASUREMENTS) $(POLICY_ARGS))
-
-base-digest:
-	BASE_IMAGE='$(BASE_IMAGE)' sh image/base-digest.sh $(BASE_IMAGE_LOCK)
 
 # Regenerate the hash-pinned locks from PyPI, resolved for CPython 3.11 on Linux (hashes of every
 # file of each pinned release, so x86_64 and aarch64 wheels both verify). The machine's own pip
