@@ -214,7 +214,13 @@ def _extra_pcr(request: PolicyRequest, index: int, explicit: Mapping[int, str]) 
         if not _INSTANCE_ID_RE.fullmatch(request.instance_id):
             raise PolicyError(f"--instance-id {request.instance_id[:40]!r} is not an i-... id")
         return measured_pcr(request.instance_id)
-    source = {3: "--role-arn", 4: "--instance-id", 8: "a signed EIF's measurements"}
+    if index == 8:
+        raise PolicyError(
+            "PCR8 exists only for a signed EIF (it measures the signing certificate) and these "
+            "measurements have none: sign the EIF (nitro-cli build-enclave --signing-certificate "
+            "CERT --private-key KEY) or leave 8 out of PCRS"
+        )
+    source = {3: "--role-arn", 4: "--instance-id"}
     hint = f"{source[index]} or " if index in source else ""
     raise PolicyError(f"no value for PCR{index}: give {hint}--pcr {index}=HEX")
 

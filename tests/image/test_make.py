@@ -4,7 +4,6 @@ refusal to build without a looked-up base image digest."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -17,8 +16,6 @@ import pytest
 
 from .conftest import REPO
 
-DIGEST = "sha256:" + "ab" * 32
-IMAGE = "docker.io/library/python:3.11-slim-bookworm"
 MEASUREMENTS = {"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": "a1" * 48,
                                  "PCR1": "b2" * 48, "PCR2": "c3" * 48}}  # fmt: skip
 ROLE = "arn:aws:iam::111122223333:role/EnclaveRole"
@@ -57,16 +54,18 @@ def commands(result: subprocess.CompletedProcess[str]) -> list[str]:
     return result.stdout.splitlines()
 
 
-def test_eif_builds_the_image_then_the_eif_keeping_measurements(tmp_path: Path) -> None:
-    result = make("-n", "eif", f"BASE_IMAGE={IMAGE}", f"BASE_IMAGE_DIGEST={DIGEST}",
-                  "SOURCE_DATE_EPOCH=1700000000", "OUT=out")  # fmt: skip
+def rootfs(tmp_path: Path) -> Path:
+    out = tmp_path / "image"
+    out.mkdir(exist_ok=True)
+    (out / "rootfs.tar").write_bytes(b"tar")
+    return out
+
+
+def test_eif_builds_the_docker_image_then_the_eif_keeping_measurements(tmp_path: Path) -> None:
+    result = make("-n", "eif", "OUT=out", f"IMAGE_OUT={rootfs(tmp_path)}")
     assert result.returncode == 0, result.stderr
     lines = commands(result)
-    assert (
-        "docker build -f Dockerfile.enclave "
-        f"--build-arg BASE_IMAGE={IMAGE} --build-arg BASE_IMAGE_DIGEST={DIGEST} "
-        "--build-arg SOURCE_DATE_EPOCH=1700000000 -t nitrokms-enclave:0.1.0 ."
-    ) in lines
+    assert "docker build -f Dockerfile.enclave -t nitrokms-enclave:0.1.0 ." in lines
     nitro = [line for line in lines if line.startswith("nitro-cli")]
     assert nitro == [
         "nitro-cli build-enclave --docker-uri nitrokms-enclave:0.1.0 "
@@ -82,11 +81,10 @@ def test_eif_runs_against_stand_in_tools(tmp_path: Path) -> None:
     docker = fake_tool(bin_dir, "docker")
     nitro = fake_tool(bin_dir, "nitro-cli", f"print(json.dumps({MEASUREMENTS!r}, indent=4))\n")
     out = tmp_path / "out"
-    result = make("eif", f"BASE_IMAGE_DIGEST={DIGEST}", f"OUT={out}", path=bin_dir)
+    result = make("eif", f"OUT={out}", f"IMAGE_OUT={rootfs(tmp_path)}", path=bin_dir)
     assert result.returncode == 0, result.stderr
-    (build,) = calls(docker)
-    assert build[:3] == ["build", "-f", "Dockerfile.enclave"]
-    assert f"BASE_IMAGE_DIGEST={DIGEST}" in build
+    assert calls(docker) == [["build", "-f", "Dockerfile.enclave", "-t", "nitrokms-enclave:0.1.0",
+                              "."]]  # fmt: skip
     assert calls(nitro) == [["build-enclave", "--docker-uri", "nitrokms-enclave:0.1.0",
                              "--output-file", f"{out}/nitrokms.eif"]]  # fmt: skip
     assert json.loads((out / "measurements.json").read_text()) == MEASUREMENTS
@@ -97,41 +95,49 @@ def test_a_failed_eif_build_leaves_no_measurements(tmp_path: Path) -> None:
     fake_tool(bin_dir, "docker")
     fake_tool(bin_dir, "nitro-cli", "print('{\"Measurements\": {')\nsys.exit(3)\n")
     out = tmp_path / "out"
-    result = make("eif", f"BASE_IMAGE_DIGEST={DIGEST}", f"OUT={out}", path=bin_dir)
+    result = make("eif", f"OUT={out}", f"IMAGE_OUT={rootfs(tmp_path)}", path=bin_dir)
     assert result.returncode != 0
     assert not (out / "measurements.json").exists()
 
 
-@pytest.mark.parametrize("dry_run", [True, False], ids=["make -n", "make"])
-def test_eif_refuses_without_a_digest(tmp_path: Path, dry_run: bool) -> None:
+def test_eif_without_the_rootfs_says_how_to_make_it(tmp_path: Path) -> None:
     docker = fake_tool(tmp_path / "bin", "docker")
-    result = make(*(["-n"] if dry_run else []), "eif", "BASE_IMAGE_DIGEST=", f"OUT={tmp_path}",
-                  path=tmp_path / "bin")  # fmt: skip
+    result = make("eif", f"IMAGE_OUT={tmp_path / 'none'}", path=tmp_path / "bin")
     assert result.returncode != 0
-    assert "has no BASE_IMAGE_DIGEST" in result.stderr
-    assert "make base-digest" in result.stderr
-    assert "docker" not in result.stdout
+    assert "make image REGION=" in result.stderr
     assert calls(docker) == []
 
 
-def test_eif_refuses_a_malformed_digest(tmp_path: Path) -> None:
-    docker = fake_tool(tmp_path / "bin", "docker")
-    result = make("eif", "BASE_IMAGE_DIGEST=sha256:1234", f"OUT={tmp_path}", path=tmp_path / "bin")
-    assert result.returncode != 0
-    assert "is not sha256:<64 hex>" in result.stderr
-    assert calls(docker) == []
-
-
-def test_shipped_lock_pins_a_name_and_never_an_invented_digest() -> None:
-    values = dict(
-        line.split("=", 1)
-        for line in (REPO / "image" / "base-image.lock").read_text().splitlines()
-        if line and not line.startswith("#")
+def test_image_targets_pass_the_settings_and_check_twice() -> None:
+    line = commands(make("-n", "image", "REGION=eu-west-1", "PARENT_CID=2",
+                         "KMS_ENDPOINT=kms-fips.eu-west-1.amazonaws.com",
+                         "SOURCE_DATE_EPOCH=1700000000"))[-1]  # fmt: skip
+    assert line == (
+        "SOURCE_DATE_EPOCH=1700000000 .venv/bin/python -m image.build --region 'eu-west-1' "
+        "--parent-cid 2 --kms-endpoint 'kms-fips.eu-west-1.amazonaws.com'  "
+        "--out out/image --work build/image"
     )
-    assert set(values) == {"BASE_IMAGE", "BASE_IMAGE_DIGEST"}
-    assert "@" not in values["BASE_IMAGE"]
-    assert values["BASE_IMAGE"].split(":")[-1].startswith("3.11-slim")
-    assert values["BASE_IMAGE_DIGEST"] == "" or values["BASE_IMAGE_DIGEST"].startswith("sha256:")
+    check = commands(make("-n", "image-check"))
+    builds = [line for line in check if "-m image.build" in line]
+    assert len(builds) == 2
+    assert {b.split("--work ")[1] for b in builds} == {
+        "build/image-check/work-first",
+        "build/image-check/work-second",
+    }
+    assert "rm -rf build/image-check" in check
+    assert [c for c in check if c.startswith("cmp ")] == [
+        f"cmp build/image-check/first/{f} build/image-check/second/{f}"
+        for f in ("rootfs.tar", "enclave.eif")
+    ]
+
+
+def test_policy_names_pcr8_as_signed_eif_only(tmp_path: Path) -> None:
+    measurements = tmp_path / "measurements.json"
+    measurements.write_text(json.dumps(MEASUREMENTS))
+    result = make("policy", f"MEASUREMENTS={measurements}", f"ROLE_ARN={ROLE}", "PCRS=3 8")
+    assert result.returncode != 0
+    assert "PCR8 exists only for a signed EIF" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_run_enclave_command_line_without_debug() -> None:
@@ -189,83 +195,6 @@ def test_policy_command_line_runs_and_prints_a_policy(tmp_path: Path) -> None:
 def test_policy_without_options_passes_only_the_measurements() -> None:
     line = commands(make("-n", "policy"))[-1]
     assert line == ".venv/bin/nitrokms policy --measurements out/measurements.json"
-
-
-# --- make base-digest / image/base-digest.sh ---------------------------------------------------
-
-UTILITIES = ("sh", "sed", "grep", "sha256sum", "cut", "mv")
-
-
-def isolated_bin(tmp_path: Path) -> Path:
-    """A PATH holding only the utilities the script needs (no docker, no skopeo)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name in UTILITIES:
-        found = shutil.which(name)
-        assert found, name
-        (bin_dir / name).symlink_to(found)
-    return bin_dir
-
-
-def run_script(tmp_path: Path, bin_dir: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
-    lock = tmp_path / "base-image.lock"
-    lock.write_text((REPO / "image" / "base-image.lock").read_text())
-    env = {"PATH": str(bin_dir), "HOME": str(tmp_path)}
-    result = subprocess.run(
-        ["sh", str(REPO / "image" / "base-digest.sh"), str(lock)],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    return result, lock
-
-
-def lock_digest(lock: Path) -> str:
-    return next(
-        line.partition("=")[2]
-        for line in lock.read_text().splitlines()
-        if line.startswith("BASE_IMAGE_DIGEST=")
-    )
-
-
-def test_base_digest_target_runs_the_script() -> None:
-    line = commands(make("-n", "base-digest", f"BASE_IMAGE={IMAGE}"))[-1]
-    assert line == f"BASE_IMAGE='{IMAGE}' sh image/base-digest.sh image/base-image.lock"
-
-
-def test_base_digest_with_buildx(tmp_path: Path) -> None:
-    bin_dir = isolated_bin(tmp_path)
-    body = f"if sys.argv[1:3] == ['buildx', 'imagetools']: print({DIGEST!r})\n"
-    docker = fake_tool(bin_dir, "docker", body)
-    result, lock = run_script(tmp_path, bin_dir)
-    assert result.returncode == 0, result.stderr
-    assert lock_digest(lock) == DIGEST
-    assert result.stdout.strip() == f"{IMAGE}@{DIGEST}"
-    assert ["buildx", "imagetools", "inspect", "--format", "{{.Manifest.Digest}}", IMAGE] in calls(
-        docker
-    )
-
-
-def test_base_digest_with_skopeo_hashes_the_raw_manifest(tmp_path: Path) -> None:
-    bin_dir = isolated_bin(tmp_path)
-    manifest = '{"schemaVersion": 2, "manifests": []}'
-    fake_tool(bin_dir, "skopeo", f"sys.stdout.write({manifest!r})\n")
-    result, lock = run_script(tmp_path, bin_dir)
-    assert result.returncode == 0, result.stderr
-    assert lock_digest(lock) == "sha256:" + hashlib.sha256(manifest.encode()).hexdigest()
-
-
-@pytest.mark.parametrize(
-    "tool_body",
-    [None, "sys.exit(1)\n", "print('latest')\n"],
-    ids=["no tools", "registry unreachable", "not a digest"],
-)
-def test_base_digest_never_guesses(tmp_path: Path, tool_body: str | None) -> None:
-    bin_dir = isolated_bin(tmp_path)
-    if tool_body is not None:
-        fake_tool(bin_dir, "docker", tool_body)
-    result, lock = run_script(tmp_path, bin_dir)
-    assert result.returncode == 1
-    assert "unchanged" in result.stderr
-    assert lock.read_text() == (REPO / "image" / "base-image.lock").read_text()
 
 
 def test_enclave_lock_regenerates_both_locks_with_hashes_from_pypi_only() -> None:
