@@ -2,8 +2,12 @@
 
 Each subcommand lives in its own module in this package and exposes `register(subparsers)`; the
 modules are discovered at start-up, so a capability adds its command without touching this file.
-Handlers return the exit code: 0 success, 1 a failed check or operation (one line on stderr), 2 a
-usage error (argparse's own convention).
+Handlers return the exit code: 0 success, 1 the answer is no (a failed check, a denial, not ready;
+one line on stderr), 2 usage or unreadable input (argparse's own convention for usage).
+
+Start-up stays fast: when argv names a command only that module is imported, and the modules
+import their heavy dependencies (boto3, dnspython, asyncio clients) inside the handlers that need
+them, so `nitrokms attestation inspect` never loads botocore.
 """
 
 from __future__ import annotations
@@ -13,8 +17,6 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Callable, Sequence
-
-from nitrokms import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -27,17 +29,44 @@ class CLIError(Exception):
         self.exit_code = exit_code
 
 
-def build_parser() -> argparse.ArgumentParser:
+def examples(*lines: str) -> str:
+    """An argparse epilog listing example command lines (use RawDescriptionHelpFormatter)."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+class _Version(argparse.Action):
+    """--version, reading the installed version only when asked."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from nitrokms import __version__  # noqa: PLC0415 - reads package metadata (slow)
+
+        parser.exit(message=f"nitrokms {__version__}\n")
+
+
+def command_modules() -> list[str]:
+    """The names of the modules in this package that define a command."""
+    names = (info.name for info in pkgutil.iter_modules(__path__))
+    return sorted(name for name in names if not name.startswith("_"))
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `nitrokms` parser with every command, or only the command module `only`."""
     parser = argparse.ArgumentParser(
         prog="nitrokms",
-        description="Attested AWS KMS key fetch for Nitro Enclaves: operator tools for the parent.",
+        description="Attested AWS KMS key fetch for Nitro Enclaves: operator tools for the parent. "
+        "Exit codes: 0 success, 1 the answer is no (verification failed, denied, not ready), "
+        "2 usage or unreadable input.",
+        epilog=examples(
+            "nitrokms attestation verify doc.cose --pcr 0=$PCR0",
+            "nitrokms call health --enclave vsock://16:5000",
+            "nitrokms COMMAND --help",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"nitrokms {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
+    for name in [only] if only else command_modules():
+        module = importlib.import_module(f"{__name__}.{name}")
         register = getattr(module, "register", None)
         if register is not None:
             register(subparsers)
@@ -45,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else None
+    parser = build_parser(command if command in command_modules() else None)
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:

@@ -49,6 +49,8 @@ BAD_FIELDS = [
     ("timestamp", -5),
     ("timestamp", 1.5e12),
     ("timestamp", True),
+    ("timestamp", 2**63),
+    ("timestamp", 2**64 - 1),
     ("pcrs", {}),
     ("pcrs", [bytes(48)]),
     ("pcrs", {i: bytes(48) for i in range(33)}),
