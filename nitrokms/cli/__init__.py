@@ -5,15 +5,18 @@ modules are discovered at start-up, so a capability adds its command without tou
 Handlers return the exit code: 0 success, 1 the answer is no (a failed check, a denial, not ready;
 one line on stderr), 2 usage or unreadable input (argparse's own convention for usage).
 
-Start-up stays fast: when argv names a command only that module is imported, and the modules
-import their heavy dependencies (boto3, dnspython, asyncio clients) inside the handlers that need
-them, so `nitrokms attestation inspect` never loads botocore.
+Start-up stays fast: when argv names a command, only that module is imported (so `nitrokms
+attestation inspect` never loads botocore or dnspython), and the top-level help lists the commands
+from the first paragraph of each module's docstring ("`nitrokms X`: summary."), read without
+importing any of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import pkgutil
 import sys
 from collections.abc import Callable, Sequence
@@ -49,8 +52,20 @@ def command_modules() -> list[str]:
     return sorted(name for name in names if not name.startswith("_"))
 
 
+def command_summary(name: str) -> str:
+    """The summary of command module `name`: the first sentence of its docstring, after the
+    "`nitrokms X`: " that opens it."""
+    spec = importlib.util.find_spec(f"{__name__}.{name}")
+    source = spec.loader.get_source(spec.name) if spec and spec.loader else None  # type: ignore[attr-defined]
+    docstring = ast.get_docstring(ast.parse(source or "")) or ""
+    first = " ".join(docstring.split("\n\n", 1)[0].split())
+    return first.split("`: ", 1)[-1].split(". ", 1)[0].rstrip(".")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The `nitrokms` parser with every command, or only the command module `only`."""
+    """The `nitrokms` parser with every command (`only` None), or with the command module `only`
+    registered in full. Without `only`, the commands are listed from their summaries and none is
+    imported: parsing a command's arguments needs `only`."""
     parser = argparse.ArgumentParser(
         prog="nitrokms",
         description="Attested AWS KMS key fetch for Nitro Enclaves: operator tools for the parent. "
@@ -65,11 +80,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for name in [only] if only else command_modules():
-        module = importlib.import_module(f"{__name__}.{name}")
-        register = getattr(module, "register", None)
-        if register is not None:
-            register(subparsers)
+    if only is None:
+        for name in command_modules():
+            subparsers.add_parser(name, help=command_summary(name))
+        return parser
+    importlib.import_module(f"{__name__}.{only}").register(subparsers)
     return parser
 
 
