@@ -1,0 +1,36 @@
+"""The pytest plugin as an outside project uses it: a conftest-free test file in an empty
+directory, run with this venv's pytest, finds the nitrokms_* fixtures through the entry point."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from nitrokms.sim.world import base_env
+
+OUTSIDE = Path(__file__).with_name("outside_project.py")
+PYTEST = Path(sys.executable).with_name("pytest")
+
+
+def test_the_plugin_is_registered_through_its_entry_point() -> None:
+    entry = [e for e in metadata.entry_points(group="pytest11") if e.name == "nitrokms"]
+    assert [e.value for e in entry] == ["nitrokms.sim.pytest_plugin"]
+
+
+def test_an_outside_project_uses_the_fixtures(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(OUTSIDE, project / "test_with_nitrokms.py")
+    env = base_env()
+    env.pop("PYTEST_ADDOPTS", None)
+    done = subprocess.run(
+        [str(PYTEST), "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'tmp'}",
+         "test_with_nitrokms.py"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "6 passed" in done.stdout
+    assert sorted(p.name for p in project.iterdir()) == ["test_with_nitrokms.py"]
