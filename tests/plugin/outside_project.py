@@ -67,9 +67,8 @@ def test_code_under_the_simulated_nsm(nitrokms_nsm, tmp_path):
     root = tmp_path / "root.pem"
     root.write_bytes(nitrokms_nsm.root_pem)
     assert x509.load_pem_x509_certificate(nitrokms_nsm.root_pem).subject
-    made = nitrokms_nsm.run(
-        [sys.executable, "-m", "nitrokms.cli", "nsm", "attest", "--out", str(doc)]
-    )
+    cli = [sys.executable, "-m", "nitrokms.cli"]
+    made = nitrokms_nsm.run([*cli, "nsm", "attest", "--out", str(doc)])
     assert made.returncode == 0, made.stderr
     checked = subprocess.run(
         [*cli, "attestation", "verify", str(doc), "--root", str(root)],
