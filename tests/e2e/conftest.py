@@ -19,8 +19,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if not report.failed:
         return
-    for value in getattr(item, "funcargs", {}).values():
-        if isinstance(value, World):
+    for name, value in getattr(item, "funcargs", {}).items():
+        if isinstance(value, World) and name != "nitrokms_world":  # the plugin reports that one
             report.sections.append((f"world logs ({value.log_dir})", value.log_tails()))
 
 
