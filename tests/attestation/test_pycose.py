@@ -4,8 +4,8 @@ ones the simulated PKI signs directly and the ones the simulated /dev/nsm return
 pycose 1.1 with cbor2 >= 6 cannot `Sign1Message.decode` (cbor2 6 gives tagged arrays as tuples,
 and decode refuses untagged input, which is what the NSM emits): the document is decoded with cbor2
 and handed to `Sign1Message.from_cose_obj` (spec/nitro-facts.md section 9), with the unprotected
-header as a plain dict (under a tag cbor2 6 gives a frozendict, which pycose refuses). The chain is checked
-with `cryptography`'s `verify_directly_issued_by`, not with this project's chain validator.
+header as a plain dict (under a tag cbor2 6 gives a frozendict, which pycose refuses). The chain
+is checked with `cryptography`'s `verify_directly_issued_by`, not with this project's validator.
 """
 
 from __future__ import annotations
