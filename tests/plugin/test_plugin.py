@@ -1,5 +1,6 @@
-"""The pytest plugin as an outside project uses it: a conftest-free test file in an empty
-directory, run with this venv's pytest, finds the nitrokms_* fixtures through the entry point."""
+"""The pytest plugin as an outside project uses it: conftest-free test files in an empty
+directory (this folder's outside_project.py and the README's pytest example), run with this
+venv's pytest, find the nitrokms_* fixtures through the entry point."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 
 from nitrokms.sim.world import base_env
+
+from tests.docs.readme import to_run
 
 OUTSIDE = Path(__file__).with_name("outside_project.py")
 PYTEST = Path(sys.executable).with_name("pytest")
@@ -24,13 +27,18 @@ def test_an_outside_project_uses_the_fixtures(tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(OUTSIDE, project / "test_with_nitrokms.py")
+    [example] = to_run("pytest")
+    (project / "test_readme_example.py").write_text(example.code)
     env = base_env()
     env.pop("PYTEST_ADDOPTS", None)
     done = subprocess.run(
         [str(PYTEST), "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'tmp'}",
-         "test_with_nitrokms.py"],
+         "test_with_nitrokms.py", "test_readme_example.py"],
         cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "6 passed" in done.stdout
-    assert sorted(p.name for p in project.iterdir()) == ["test_with_nitrokms.py"]
+    assert "8 passed" in done.stdout
+    assert sorted(p.name for p in project.iterdir()) == [
+        "test_readme_example.py",
+        "test_with_nitrokms.py",
+    ]
