@@ -21,6 +21,7 @@ import os
 import pkgutil
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -44,7 +45,8 @@ class _Version(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
         from nitrokms import __version__  # noqa: PLC0415 - reads package metadata (slow)
 
-        parser.exit(message=f"nitrokms {__version__}\n")
+        print(f"nitrokms {__version__}")
+        parser.exit()
 
 
 def command_modules() -> list[str]:
@@ -57,8 +59,9 @@ def command_summary(name: str) -> str:
     """The summary of command module `name`: the first sentence of its docstring, after the
     "`nitrokms X`: " that opens it."""
     spec = importlib.util.find_spec(f"{__name__}.{name}")
-    source = spec.loader.get_source(spec.name) if spec and spec.loader else None  # type: ignore[attr-defined]
-    docstring = ast.get_docstring(ast.parse(source or "")) or ""
+    origin = spec.origin if spec is not None else None
+    source = Path(origin).read_text(encoding="utf-8") if origin else ""
+    docstring = ast.get_docstring(ast.parse(source)) or ""
     first = " ".join(docstring.split("\n\n", 1)[0].split())
     return first.split("`: ", 1)[-1].split(". ", 1)[0].rstrip(".")
 

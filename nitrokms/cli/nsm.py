@@ -182,10 +182,11 @@ def _attest(args: argparse.Namespace) -> int:
         except EnclaveError as exc:
             raise CLIError(f"attestation failed: {exc.message}") from None
     write_private(args.out, document)
-    summary = {
+    digest = hashlib.sha256(document).hexdigest()
+    summary: dict[str, Any] = {
         "out": str(args.out),
         "document_bytes": len(document),
-        "sha256": hashlib.sha256(document).hexdigest(),
+        "sha256": digest,
         "nonce": None if args.nonce is None else args.nonce.hex(),
         "user_data_bytes": None if args.user_data is None else len(args.user_data),
         "public_key_bytes": None if public_key is None else len(public_key),
@@ -200,6 +201,6 @@ def _attest(args: argparse.Namespace) -> int:
         ]
         print(
             f"wrote attestation document ({len(document)} bytes, sha256 "
-            f"{summary['sha256'][:16]}...{''.join(', ' + e for e in extras)}) to {args.out}"
+            f"{digest[:16]}...{''.join(', ' + e for e in extras)}) to {args.out}"
         )
     return 0

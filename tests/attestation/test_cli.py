@@ -155,11 +155,11 @@ def test_timestamp_past_year_9999_is_a_typed_failure(
 def _with_timestamp(pki: SimulatedPKI, timestamp: int) -> bytes:
     """A correctly signed document whose payload carries `timestamp` (no certificate can be
     issued for such a time, so the chain is one for now)."""
-    fields = {
-        "module_id": MODULE_ID, "timestamp_ms": NOW_MS, "pcrs": boot_pcrs(),
-        "public_key": None, "user_data": None, "nonce": None,
-    }  # fmt: skip
-    payload = cbor2.loads(parse_document(pki.sign_document(**fields)).payload)
+    signed = pki.sign_document(
+        module_id=MODULE_ID, timestamp_ms=NOW_MS, pcrs=boot_pcrs(), public_key=None,
+        user_data=None, nonce=None,
+    )  # fmt: skip
+    payload = cbor2.loads(parse_document(signed).payload)
     payload["timestamp"] = timestamp
     return pki.sign_payload(cbor2.dumps(payload), module_id=MODULE_ID, timestamp_ms=NOW_MS)
 

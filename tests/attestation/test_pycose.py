@@ -33,6 +33,7 @@ def pycose_message(document: bytes) -> Sign1Message:
         item = item.value
     protected, unprotected, payload, signature = item  # under a tag: tuple and frozendict
     message = Sign1Message.from_cose_obj([protected, dict(unprotected), payload, signature], True)
+    assert message.payload is not None
     leaf = x509.load_der_x509_certificate(cbor2.loads(message.payload)["certificate"])
     key = leaf.public_key()
     assert isinstance(key, ec.EllipticCurvePublicKey)
@@ -44,7 +45,7 @@ def pycose_message(document: bytes) -> Sign1Message:
 
 
 def chain_of(document: bytes) -> list[x509.Certificate]:
-    payload = cbor2.loads(pycose_message(document).payload)
+    payload = cbor2.loads(pycose_message(document).payload or b"")
     ders = [*payload["cabundle"], payload["certificate"]]
     return [x509.load_der_x509_certificate(der) for der in ders]
 
@@ -89,6 +90,6 @@ def test_pycose_verifies_documents_from_the_simulated_device(nitrokms_nsm, tmp_p
     data = document.read_bytes()
     message = pycose_message(data)
     assert message.verify_signature()
-    payload = cbor2.loads(message.payload)
+    payload = cbor2.loads(message.payload or b"")
     assert (payload["nonce"], payload["user_data"]) == (bytes.fromhex("0badcafe"), b"\x12\x34")
     check_chain(data, x509.load_pem_x509_certificate(nitrokms_nsm.root_pem))
