@@ -16,7 +16,8 @@
   network namespace, no KMS), with `root_pem` to verify the documents it signs.
 
 Processes are started by the fixtures and stopped at the end of their scope; the World's logs are
-kept under pytest's temporary directory and their tails are added to a failing test's report.
+kept under pytest's temporary directory, and the log tails of every World a failing test used
+(this plugin's or one of its own) are added to its report.
 """
 
 from __future__ import annotations
@@ -118,9 +119,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if not report.failed:
         return
-    world = getattr(item, "funcargs", {}).get("nitrokms_world")
-    if isinstance(world, World):
-        report.sections.append((f"nitrokms world logs ({world.log_dir})", world.log_tails()))
+    for value in getattr(item, "funcargs", {}).values():
+        if isinstance(value, World):
+            report.sections.append((f"nitrokms world logs ({value.log_dir})", value.log_tails()))
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,7 @@ from types import FrameType
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from nitrokms.sim.files import atomic_write
 from nitrokms.sim.paths import harness_state_dir
 from nitrokms.sim.processes import ProcessFailed
 from nitrokms.sim.world import World, WorldError
@@ -172,8 +173,8 @@ def _signals(stop: threading.Event) -> Iterator[threading.Event]:
 
 def _announce(world: World, state: Path) -> None:
     env = world.client_environment()
-    _write_private(state / ENV_FILE, "".join(f"{k}={env[k]}\n" for k in ENV_ORDER))
-    _write_private(state / STATE_FILE, json.dumps(_record(world, state), indent=2) + "\n")
+    atomic_write(state / ENV_FILE, "".join(f"{k}={env[k]}\n" for k in ENV_ORDER).encode())
+    atomic_write(state / STATE_FILE, (json.dumps(_record(world, state), indent=2) + "\n").encode())
     lines = [
         f"nitrokms simulated world in {state}",
         f"  local KMS    {world.kms_url}  (CA bundle {world.kms_ca_path})",
@@ -212,17 +213,6 @@ def _watch(world: World, stop: threading.Event) -> str | None:
             if world.process(name).returncode is not None:
                 return name
     return None
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` to a new owner-only file and rename it over `path` (never writing through an
-    existing file or link)."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.unlink(missing_ok=True)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temp, path)
 
 
 def _remove_records(state: Path) -> None:
