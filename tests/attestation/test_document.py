@@ -79,6 +79,19 @@ def test_field_rules_raise_malformed_naming_the_field(
     assert err.value.code == "attestation.Malformed"
 
 
+@pytest.mark.parametrize("timestamp", [2**63, 253_402_300_800_000])
+def test_the_verifier_refuses_timestamps_no_datetime_holds(
+    pki: SimulatedPKI, timestamp: int
+) -> None:
+    """Issue 15: 2**63 ms used to escape as an OverflowError from `issued_at`."""
+    verifier = AttestationVerifier(pki.root_certificate)
+    with pytest.raises(MalformedError, match="out of range") as err:
+        verifier.verify(_signed(pki, timestamp=timestamp), at=NOW)
+    assert err.value.code == "attestation.Malformed"
+    last_ok = parse_document(_signed(pki, timestamp=253_402_300_799_999))
+    assert last_ok.issued_at.year == 9999
+
+
 @pytest.mark.parametrize("key", PAYLOAD_KEYS[:6])
 def test_mandatory_fields(pki: SimulatedPKI, key: str) -> None:
     with pytest.raises(MalformedError, match=f"lacks {key}"):
