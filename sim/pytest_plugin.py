@@ -15,6 +15,11 @@
 - `nitrokms_nsm`: runs commands under the simulated NSM alone (`nsm run`: /dev/nsm answers, no
   network namespace, no KMS), with `root_pem` to verify the documents it signs.
 
+Settings (pytest.ini / pyproject `[tool.pytest.ini_options]`): `nitrokms_region` (default
+us-east-1), `nitrokms_measurements` (a nitro-cli measurements JSON, relative to the rootdir: your
+image's PCRs, so policies made from your real measurements admit the world's enclave) and
+`nitrokms_isolation` (auto, netns, userns or none).
+
 Processes are started by the fixtures and stopped at the end of their scope; the World's logs are
 kept under pytest's temporary directory, and the log tails of every World a failing test used
 (this plugin's or one of its own) are added to its report.
@@ -113,6 +118,24 @@ class LocalKMSFixture:
         return env
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini("nitrokms_region", "AWS region of the simulated world", default="us-east-1")
+    parser.addini("nitrokms_measurements", "nitro-cli measurements JSON for the world's enclave")
+    parser.addini("nitrokms_isolation", "auto, netns, userns or none", default="auto")
+
+
+def _world_options(config: pytest.Config) -> dict[str, Any]:
+    measurements = str(config.getini("nitrokms_measurements") or "")
+    isolation = str(config.getini("nitrokms_isolation"))
+    if isolation not in ("auto", "netns", "userns", "none"):
+        raise pytest.UsageError(f"nitrokms_isolation {isolation!r}: auto, netns, userns or none")
+    return {
+        "region": str(config.getini("nitrokms_region")),
+        "measurements": config.rootpath / measurements if measurements else None,
+        "isolation": isolation,
+    }
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
     outcome: Any = yield
@@ -125,9 +148,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture(scope="session")
-def nitrokms_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def nitrokms_world(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[World]:
     """The whole simulated world, started once per session (logs under pytest's tmp)."""
-    with World(tmp_path_factory.mktemp("nitrokms-world")) as world:
+    options = _world_options(pytestconfig)
+    with World(tmp_path_factory.mktemp("nitrokms-world"), **options) as world:
         yield world
 
 

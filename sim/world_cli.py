@@ -318,8 +318,10 @@ def _probe_enclave(address: str) -> tuple[tuple[bool, str], tuple[bool, str]]:
     except (RPCError, OSError, ValueError) as exc:
         down = (False, f"{address}: {exc}")
         return down, (False, "the enclave does not answer")
-    enclave = (health.ready, f"{address} ready={health.ready} key pool "
-               f"{health.key_pool_ready}/{health.key_pool_target}")  # fmt: skip
-    pushed = (health.credentials_present, "credentials pushed" if health.credentials_present
-              else "the enclave holds no credentials")  # fmt: skip
+    pool = f"key pool {health.key_pool_ready}/{health.key_pool_target}"
+    enclave = (health.ready, f"{address} ready={health.ready}, {pool}")
+    if health.credentials_present:
+        pushed = (True, "the enclave holds credentials")
+    else:
+        pushed = (False, "the enclave holds no credentials")
     return enclave, pushed

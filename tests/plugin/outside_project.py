@@ -4,8 +4,10 @@ only the fixtures of the nitrokms pytest plugin (found through its pytest11 entr
 tests/plugin/test_plugin.py copies this file into an empty directory and runs pytest there.
 """
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
@@ -25,6 +27,15 @@ with RecipientKeyPool(size=1) as pool, kms_network_path() as path:
     again = kms.decrypt(CiphertextBlob=key["CiphertextBlob"])
     print(len(key["Plaintext"]), again["Plaintext"] == key["Plaintext"])
 """
+
+
+def test_the_world_follows_this_projects_settings(nitrokms_world):
+    """pytest.ini names this project's region and image measurements."""
+    expected = json.loads(Path("measurements.json").read_text())["Measurements"]
+    with nitrokms_world.client() as enclave:
+        pcrs = enclave.describe().pcrs
+    assert nitrokms_world.region == "eu-west-1"
+    assert [pcrs[i].hex() for i in (0, 1, 2)] == [expected[f"PCR{i}"] for i in (0, 1, 2)]
 
 
 def test_the_enclave_service_gets_and_uses_a_data_key(nitrokms_world, nitrokms_attested_key):

@@ -4,6 +4,8 @@ venv's pytest, find the nitrokms_* fixtures through the entry point."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -29,6 +31,11 @@ def test_an_outside_project_uses_the_fixtures(tmp_path: Path) -> None:
     shutil.copy(OUTSIDE, project / "test_with_nitrokms.py")
     [example] = to_run("pytest")
     (project / "test_readme_example.py").write_text(example.code)
+    pcrs = {f"PCR{i}": hashlib.sha384(f"my image {i}".encode()).hexdigest() for i in (0, 1, 2)}
+    (project / "measurements.json").write_text(json.dumps({"Measurements": pcrs}))
+    (project / "pytest.ini").write_text(
+        "[pytest]\nnitrokms_region = eu-west-1\nnitrokms_measurements = measurements.json\n"
+    )
     env = base_env()
     env.pop("PYTEST_ADDOPTS", None)
     done = subprocess.run(
@@ -37,8 +44,10 @@ def test_an_outside_project_uses_the_fixtures(tmp_path: Path) -> None:
         cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "8 passed" in done.stdout
+    assert "9 passed" in done.stdout
     assert sorted(p.name for p in project.iterdir()) == [
+        "measurements.json",
+        "pytest.ini",
         "test_readme_example.py",
         "test_with_nitrokms.py",
     ]
