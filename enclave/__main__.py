@@ -22,7 +22,7 @@ from nitrokms.enclave.errors import EnclaveError
 from nitrokms.enclave.keypool import RecipientKeyPool
 from nitrokms.enclave.keyring import Keyring
 from nitrokms.enclave.kms import EnclaveKMS
-from nitrokms.enclave.network import ConnectProxy, bring_up_loopback
+from nitrokms.enclave.network import KMSNetworkPath
 from nitrokms.enclave.nsm import NSMClient
 from nitrokms.enclave.server import RPCServer, ServerLimits
 from nitrokms.enclave.service import EnclaveService
@@ -69,25 +69,33 @@ async def _sweep(keyring: Keyring, interval_s: float) -> None:
 
 async def serve(config: Config) -> int:
     """Run the service until SIGTERM/SIGINT. Raises EnclaveError/OSError on startup failure."""
-    if bring_up_loopback():
-        log.info("brought the loopback interface up")
+    path = KMSNetworkPath(
+        config.region,
+        endpoint_url=config.endpoint_url,
+        relay=config.kms_relay,
+        listen_port=config.proxy_port,
+    )
+    await path.start()
+    try:
+        return await _serve(config, path)
+    finally:
+        await path.close()
+
+
+async def _serve(config: Config, path: KMSNetworkPath) -> int:
     nsm = NSMClient.open()
     pool = RecipientKeyPool(
         size=config.pool_size, max_age_s=config.pool_max_age_s, max_uses=config.pool_max_uses
     )
-    proxy = ConnectProxy(
-        config.kms_host, relay=config.kms_relay, port=config.proxy_port, kms_port=config.kms_port
-    )
     keyring = Keyring(config.max_keys, config.key_ttl_s)
     try:
-        await proxy.start()
         kms = EnclaveKMS(
             config.region,
             attestor=lambda *, public_key: nsm.get_attestation_doc(public_key=public_key),
             pool=pool,
             endpoint_url=config.endpoint_url,
             ca_bundle=config.ca_bundle,
-            proxy_url=proxy.proxy_url,
+            proxy_url=path.proxy_url,
             max_attempts=config.kms_max_attempts,
         )
         service = EnclaveService(kms=kms, nsm=nsm, keyring=keyring, pool=pool, region=config.region)
@@ -110,7 +118,6 @@ async def serve(config: Config) -> int:
         return 0
     finally:
         keyring.clear()
-        await proxy.close()
         pool.close()
         nsm.close()
 

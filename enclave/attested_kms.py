@@ -19,9 +19,17 @@ existed outside the enclave:
 
     nsm = NSMClient.open()
     pool = RecipientKeyPool()
-    kms = attested_kms_client(attestor=nsm.get_attestation_doc, pool=pool, region_name=region)
-    key = kms.generate_data_key(KeyId="alias/app", KeySpec="AES_256")
-    key["Plaintext"]  # 32 bytes, decrypted here from KMS's CiphertextForRecipient
+    with kms_network_path() as path:  # enclave.network: loopback, CONNECT listener, proxies
+        kms = attested_kms_client(attestor=nsm.get_attestation_doc, pool=pool,
+                                  **path.client_kwargs())
+        key = kms.generate_data_key(KeyId="alias/app", KeySpec="AES_256")
+        key["Plaintext"]  # 32 bytes, decrypted here from KMS's CiphertextForRecipient
+
+`attest_session` does the same for a whole boto3 or botocore session: the handlers go on the
+session's event emitter, which every client created from it afterwards copies, so a library that
+makes its own KMS clients from the session (the AWS Encryption SDK's `botocore_session=`) gets
+attested keys without knowing it. With a network path, the session's default client config also
+routes through the CONNECT listener.
 """
 
 from __future__ import annotations
@@ -112,8 +120,42 @@ def attach_recipient(client: Any, *, attestor: Attestor, pool: RecipientKeyPool)
     service = client.meta.service_model.service_name
     if service != "kms":
         raise ValueError(f"attach_recipient needs a KMS client, not {service!r}")
-    hooks = RecipientHooks(attestor, pool)
-    events = client.meta.events
+    _register(client.meta.events, RecipientHooks(attestor, pool))
+    return client
+
+
+def attest_session(
+    session: Any, *, attestor: Attestor, pool: RecipientKeyPool, network: Any = None
+) -> Any:
+    """Make every KMS client created from `session` (boto3 `Session` or botocore session) from
+    now on attested, and return the session. Clients created before are left as they were.
+
+    `network` (an `enclave.network.KMSNetworkPath`, started) also makes the session's clients
+    reach KMS through the in-enclave CONNECT listener: its botocore config becomes the session's
+    default, merged under any config a client is created with. Attaching twice is a no-op.
+    """
+    core = getattr(session, "_session", session)  # boto3.Session wraps a botocore session
+    _register(core.get_component("event_emitter"), RecipientHooks(attestor, pool))
+    if network is not None:
+        default = core.get_default_client_config()
+        config = network.botocore_config()
+        core.set_default_client_config(config if default is None else default.merge(config))
+    return session
+
+
+def attested_session(
+    *, attestor: Attestor, pool: RecipientKeyPool, network: Any = None, **session_kwargs: Any
+) -> Any:
+    """A new botocore session (credentials and region from the usual chain, or
+    `session_kwargs` for `botocore.session.Session`) made attested by `attest_session`."""
+    import botocore.session  # noqa: PLC0415 - botocore import is slow; only when needed
+
+    return attest_session(
+        botocore.session.Session(**session_kwargs), attestor=attestor, pool=pool, network=network
+    )
+
+
+def _register(events: Any, hooks: RecipientHooks) -> None:
     for operation in PLAINTEXT_FIELDS:
         events.register(
             f"provide-client-params.{SERVICE_EVENT_ID}.{operation}",
@@ -125,7 +167,6 @@ def attach_recipient(client: Any, *, attestor: Attestor, pool: RecipientKeyPool)
             hooks.decrypt_reply,
             unique_id=f"nitrokms-recipient-reply-{operation}",
         )
-    return client
 
 
 def attested_kms_client(

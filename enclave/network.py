@@ -11,6 +11,11 @@ re-signing or TLS termination anywhere.
 
 `ConnectProxy` is an asyncio server for a service that runs its own loop; `ThreadedConnectProxy`
 runs one in a thread with its own loop (`start()` returns once it listens).
+
+`KMSNetworkPath` is the one call that gives code inside the enclave its way to KMS: loopback up,
+the CONNECT listener, and the botocore settings that use it. The service awaits `start()` on its
+own loop; application code writes `with kms_network_path() as path:` and creates boto3 clients
+with `**path.client_kwargs()` (or sets `path.botocore_config()` as a session's default).
 """
 
 from __future__ import annotations
@@ -19,17 +24,19 @@ import asyncio
 import errno
 import fcntl
 import logging
+import os
 import shutil
 import socket
 import struct
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import cast
+from types import TracebackType
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from nitrokms.enclave.errors import EnclaveError
-from nitrokms.proto.addresses import Address, VsockAddress
+from nitrokms.proto.addresses import Address, VsockAddress, parse_address
 from nitrokms.proto.errors import AddressError
 from nitrokms.transport.sockets import connect_protocol
 from nitrokms.transport.splice import Splice
@@ -37,6 +44,9 @@ from nitrokms.transport.splice import Splice
 log = logging.getLogger(__name__)
 
 DEFAULT_RELAY = VsockAddress(3, 8000)
+ENV_RELAY = "NITROKMS_KMS_RELAY"
+"""Overrides DEFAULT_RELAY for `kms_network_path` (nitro-cli gives an enclave no environment, so
+this serves simulated worlds and tests; the relay is untrusted either way: TLS ends here)."""
 KMS_PORT = 443
 MAX_HEADER_BYTES = 16 * 1024
 HEADER_TIMEOUT_S = 10.0
@@ -398,3 +408,119 @@ class ThreadedConnectProxy:
             await self._stopping.wait()
         finally:
             await self._proxy.close()
+
+
+# --- the one call: the whole path for code in the enclave ----------------------------------------
+
+
+class KMSNetworkPath:
+    """Loopback, the CONNECT listener to the relay, and the botocore settings that use it.
+
+    `region` defaults to $AWS_REGION or $AWS_DEFAULT_REGION; `endpoint_url` to
+    $AWS_ENDPOINT_URL_KMS, else the regional endpoint; `relay` to $NITROKMS_KMS_RELAY, else vsock
+    CID 3 port 8000 (the parent). Raises NetworkError for a missing region or a bad endpoint or
+    relay address.
+    """
+
+    def __init__(
+        self,
+        region: str | None = None,
+        *,
+        endpoint_url: str | None = None,
+        relay: Address | str | None = None,
+        listen_port: int = 0,
+    ) -> None:
+        region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if not region:
+            raise NetworkError("no AWS region: pass region or set AWS_REGION")
+        self.region = region
+        self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_KMS") or None
+        self.kms_host, self.kms_port = kms_endpoint(region, self.endpoint_url)
+        self.relay = _relay_address(relay)
+        self.proxy = ConnectProxy(
+            self.kms_host, relay=self.relay, port=listen_port, kms_port=self.kms_port
+        )
+        self._thread: ThreadedConnectProxy | None = None
+
+    def __repr__(self) -> str:
+        return f"KMSNetworkPath({self.kms_host}:{self.kms_port} via {self.relay})"
+
+    @property
+    def proxy_url(self) -> str:
+        """The CONNECT listener's URL (`http://127.0.0.1:PORT`), once started."""
+        if not self.proxy.port:
+            raise NetworkError("the KMS network path is not started")
+        return self.proxy.proxy_url
+
+    async def start(self) -> None:
+        """Bring loopback up and listen, on the running loop. Raises NetworkError."""
+        if bring_up_loopback():
+            log.info("brought the loopback interface up")
+        await self.proxy.start()
+
+    async def close(self) -> None:
+        await self.proxy.close()
+
+    def start_in_thread(self) -> KMSNetworkPath:
+        """Bring loopback up and listen on a loop in a daemon thread (for synchronous code).
+        Returns self. Raises NetworkError."""
+        if self._thread is None:
+            bring_up_loopback()
+            thread = ThreadedConnectProxy(self.proxy)
+            thread.start()
+            self._thread = thread
+        return self
+
+    def stop(self) -> None:
+        """Stop a listener started by `start_in_thread` (tunnels are cut). Idempotent."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.stop()
+
+    def __enter__(self) -> KMSNetworkPath:
+        return self.start_in_thread()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def botocore_config(self, **options: Any) -> Any:
+        """A `botocore.config.Config` whose HTTPS goes through the listener (plus `options`)."""
+        from botocore.config import Config  # noqa: PLC0415 - botocore is slow to import
+
+        return Config(proxies={"https": self.proxy_url}, **options)
+
+    def client_kwargs(self, **options: Any) -> dict[str, Any]:
+        """Keyword arguments for `boto3.client("kms", ...)` / `session.create_client("kms", ...)`:
+        region, endpoint (when not the regional default) and the proxied config."""
+        kwargs: dict[str, Any] = {"region_name": self.region, "config": self.botocore_config()}
+        if self.endpoint_url:
+            kwargs["endpoint_url"] = self.endpoint_url
+        kwargs.update(options)
+        return kwargs
+
+
+def _relay_address(relay: Address | str | None) -> Address:
+    if relay is None:
+        relay = os.environ.get(ENV_RELAY) or DEFAULT_RELAY
+    if isinstance(relay, str):
+        try:
+            return parse_address(relay)
+        except AddressError as exc:
+            raise NetworkError(f"bad KMS relay address {relay!r}: {exc.message}") from None
+    return relay
+
+
+def kms_network_path(
+    region: str | None = None,
+    *,
+    endpoint_url: str | None = None,
+    relay: Address | str | None = None,
+) -> KMSNetworkPath:
+    """Start the enclave's path to KMS (loopback, CONNECT listener in a thread) and return it;
+    use it as a context manager or call `stop()`. See KMSNetworkPath for the defaults."""
+    return KMSNetworkPath(region, endpoint_url=endpoint_url, relay=relay).start_in_thread()

@@ -15,14 +15,25 @@ In the repository each subpackage keeps its own top-level folder (`enclave/`, `p
 
 from __future__ import annotations
 
-from importlib import metadata
+import functools
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    __version__: str
 
 
+@functools.cache
 def _version() -> str:
+    from importlib import metadata  # noqa: PLC0415 - ~20 ms; every command would pay it
+
     try:
         return metadata.version("nitrokms")
     except metadata.PackageNotFoundError:  # pragma: no cover - a bare checkout, not installed
         return "0.0.0+source"
 
 
-__version__ = _version()
+def __getattr__(name: str) -> Any:
+    """`__version__`, read from the installed metadata on first use."""
+    if name == "__version__":
+        return _version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

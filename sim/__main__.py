@@ -10,6 +10,7 @@ GROUPS = {
     "kms": "nitrokms.sim.kms.cli",
     "creds": "nitrokms.sim.creds",
     "demo": "nitrokms.sim.demo",
+    "world": "nitrokms.sim.world_cli",
 }
 
 

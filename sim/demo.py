@@ -234,6 +234,10 @@ def run_demo(workdir: Path) -> None:
         step_seal(say, world, handle)
         step_denied(say, world, key)
     print(f"\nAll {say.step} steps behaved as described ({time.monotonic() - say.started:.1f} s).")
+    print(
+        "To keep such a world running for your own code, the AWS CLI or nitrokms call: "
+        "python -m nitrokms.sim world up (README: Run the simulated world yourself)."
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -508,6 +508,61 @@ class World:
             raise ProcessFailed(f"nitrokms credentials --once failed:\n{process.tail()}")
         process.stop()
 
+    # --- the environment clients and in-enclave code need -------------------------------------
+
+    def client_environment(self) -> dict[str, str]:
+        """What a shell on the "parent", the AWS CLI, boto3 or `nitrokms call` need to use this
+        world: the local KMS endpoint and CA bundle, the admin's credentials (the account root,
+        so keys can be created and their policies set), the region and the enclave's address.
+        Holds a secret: write it owner-only."""
+        admin = self._admin
+        if admin is None:
+            raise WorldError("the world is not started")
+        return {
+            "AWS_ENDPOINT_URL_KMS": self.kms_url,
+            "AWS_CA_BUNDLE": str(self.kms_ca_path),
+            "AWS_ACCESS_KEY_ID": admin.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": admin.secret_access_key,
+            "AWS_DEFAULT_REGION": self.region,
+            "NITROKMS_ENCLAVE": self.enclave_address,
+        }
+
+    def enclave_environment(self, credential: Credential | None = None) -> dict[str, str]:
+        """The environment for code run with `enclave_command`: the KMS endpoint by its real
+        host name (the relay resolves nothing; the CONNECT listener names the host), the CA
+        bundle, the relay's socket for `enclave.network.kms_network_path`, the region and
+        `credential` (default: the parent role's, as the credential provider would push)."""
+        credential = credential or self.parent_credentials()
+        env = base_env()
+        env.update(
+            AWS_ENDPOINT_URL_KMS=f"https://{self.kms_host}:{self.kms_port}",
+            AWS_CA_BUNDLE=str(self.kms_ca_path),
+            AWS_DEFAULT_REGION=self.region,
+            AWS_ACCESS_KEY_ID=credential.access_key_id,
+            AWS_SECRET_ACCESS_KEY=credential.secret_access_key,
+            AWS_CONFIG_FILE=os.devnull,
+            AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+            NITROKMS_KMS_RELAY=f"unix://{self.relay_socket}",
+        )
+        if credential.session_token:
+            env["AWS_SESSION_TOKEN"] = credential.session_token
+        return env
+
+    def enclave_command(self, argv: Sequence[str], *, debug: bool = False) -> list[str]:
+        """`argv` run as code inside this world's enclave: under the simulated NSM (same root,
+        measurements and role as the enclave, so key policies pinned to them admit it) and in the
+        enclave's network namespace, whose only way out is the relay. Use with
+        `enclave_environment()`."""
+        measurements = self.workdir / "enclave-measurements.json"  # written by _spawn_enclave
+        nsm_run = [
+            sys.executable, "-m", "nitrokms.sim", "nsm", "run", "--state", str(self.nsm_state),
+            "--region", self.region, "--measurements", str(measurements),
+            "--role-arn", self.role_arn, *(["--debug"] if debug else []), "--", *argv,
+        ]  # fmt: skip
+        if self.isolation_used == "none":
+            return nsm_run
+        return self.enclave_netns_command(nsm_run)
+
     def enclave_netns_command(self, argv: Sequence[str], pid: int | None = None) -> list[str]:
         """`argv` prefixed to run in the enclave's network namespace (nsenter)."""
         target = str(pid or self.enclave_pid)

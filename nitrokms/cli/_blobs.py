@@ -1,11 +1,22 @@
-"""Reading binary inputs given on the command line as raw bytes, base64 or hex, or `-` for stdin."""
+"""Reading binary inputs given on the command line as raw bytes, base64 or hex, or `-` for stdin,
+and writing `--out` files.
+
+Every `--out` goes through `write_private`: the bytes go to a fresh file created with mode 0600
+(O_EXCL, O_NOFOLLOW) beside the target, which is then renamed over FILE. So an existing regular
+FILE is replaced, never written through: its old mode, its other hard links and any descriptor
+someone holds on it never see the data. A symbolic link, directory, device or FIFO at FILE is
+refused (exit 2), and so is a FILE whose directory cannot be written.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import re
+import secrets
+import stat
 import sys
 from pathlib import Path
 
@@ -16,11 +27,12 @@ _HEX = re.compile(rb"\A(?:[0-9a-fA-F]{2})+\Z")
 _B64 = re.compile(rb"\A[A-Za-z0-9+/_-]+={0,2}\Z")
 
 
-def read_input(source: str | Path, limit: int, *, what: str = "", exit_code: int = 1) -> bytes:
+def read_input(source: str | Path, limit: int, *, what: str = "", exit_code: int = 2) -> bytes:
     """The raw bytes of file `source` (stdin for `-`), at most `limit` of them.
 
     `what` names the input in messages ("key", "measurements file"). Raises CLIError (with
-    `exit_code`) when it cannot be read or is larger than `limit`; only `limit + 1` bytes are read.
+    `exit_code`, by default 2: unreadable input) when it cannot be read or is larger than `limit`;
+    only `limit + 1` bytes are read.
     """
     label = f"{what} {source}" if what else str(source)
     try:
@@ -37,13 +49,36 @@ def read_input(source: str | Path, limit: int, *, what: str = "", exit_code: int
 
 
 def write_private(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path`, readable by the owner only (it may be plaintext). Raises CLIError."""
+    """Put `data` at `path` as a new file readable by the owner only (mode 0600), renamed into
+    place (see the module docstring). Raises CLIError (exit 2) for a target that is not a regular
+    file or cannot be written."""
+    target = Path(path)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        existing = target.lstat()
+    except FileNotFoundError:
+        existing = None
     except OSError as exc:
-        raise CLIError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise CLIError(f"cannot write {path}: {exc.strerror or exc}", 2) from None
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(existing.st_mode) else "not a regular file"
+        raise CLIError(f"refusing to write {path}: it is {kind}", 2)
+    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(temp, flags, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), 0o600)  # whatever the umask
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+    except OSError as exc:
+        raise CLIError(f"cannot write {path}: {exc.strerror or exc}", 2) from None
 
 
 def read_blob(source: str) -> bytes:

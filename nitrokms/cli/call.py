@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from nitrokms.cli import CLIError
+from nitrokms.cli import CLIError, examples
 from nitrokms.cli._blobs import decode_text_blob, parse_hex, read_input, write_private
 from nitrokms.parent.rpc.client import DEFAULT_TIMEOUT_S, AsyncEnclaveClient
 from nitrokms.parent.rpc.endpoint import enclave_address
@@ -86,14 +86,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "call",
         help="call one enclave operation",
         description="Call one enclave service operation. Exit 0 ok, 1 remote or connection "
-        "error, 2 usage.",
+        "error or (health) not ready, 2 usage or unreadable input. The address comes from "
+        "--enclave, --cid, $NITROKMS_ENCLAVE or $NITROKMS_ENCLAVE_CID.",
+        epilog=examples(*(f"nitrokms call {name} {line}" for name, line in _EXAMPLES.items())),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ops = call.add_subparsers(title="operations", metavar="OP", required=True)
     common = argparse.ArgumentParser(add_help=False)
     add_enclave_arguments(common)
     common.add_argument("--json", action="store_true", help="machine-readable output")
     for name, (configure, operation, summary) in _OPERATIONS.items():
-        parser = ops.add_parser(name, parents=[common], help=summary, description=summary)
+        parser = ops.add_parser(
+            name,
+            parents=[common],
+            help=summary,
+            description=summary,
+            epilog=examples(f"nitrokms call {name} {_EXAMPLES[name]}"),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         configure(parser)
         parser.set_defaults(handler=_handler(operation))
 
@@ -105,7 +115,10 @@ def _handler(operation: Operation) -> Callable[[argparse.Namespace], int]:
             output = asyncio.run(_run(client, operation, args))
         except RPCError as exc:
             raise CLIError(str(exc)) from None
+        refusal = output.pop("_refusal", None)
         _print(output, args)
+        if refusal is not None:  # the call worked; the answer is no (health: not ready)
+            raise CLIError(refusal)
         return 0
 
     return handle
@@ -346,12 +359,35 @@ async def _health(client: AsyncEnclaveClient, args: argparse.Namespace) -> Outpu
         for k, v in output.items()
         if k != "credentials_expiration_ms"
     )
+    if not result.ready:
+        output["_refusal"] = f"enclave not ready: {_not_ready_reason(output)}"
     return output
+
+
+def _not_ready_reason(health: Output) -> str:
+    if not health["credentials_present"]:
+        return "no credentials (is `nitrokms credentials` running?)"
+    if health["last_error"]:
+        return str(health["last_error"])
+    if not health["kms_reachable"]:
+        return "KMS unreachable (is the relay running?)"
+    return f"key pool {health['key_pool_ready']}/{health['key_pool_target']} keys ready"
 
 
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
+
+_EXAMPLES: dict[str, str] = {
+    "generate-data-key": "--key-id alias/app --context tenant=a --json",
+    "load-data-key": "--ciphertext-blob $BLOB_B64 --key-id alias/app",
+    "forget-key": "$HANDLE",
+    "seal": "--key-id alias/app --in secret.txt --out secret.sealed",
+    "unseal": "--in secret.sealed --out secret.txt",
+    "attest": "--nonce 00112233 --out doc.cose",
+    "describe": "--enclave vsock://16:5000",
+    "health": "--json",
+}
 
 _OPERATIONS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Operation, str]] = {
     "generate-data-key": (_configure_generate, _generate, "new data key held in the enclave"),

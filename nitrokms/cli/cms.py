@@ -6,47 +6,81 @@ import argparse
 import base64
 import json
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-
-from nitrokms.cli import CLIError
+from nitrokms.cli import CLIError, examples
 from nitrokms.cli._blobs import read_blob, read_input, write_private
-from nitrokms.enclave.cms import (
-    CMSError,
-    EnvelopedInfo,
-    RecipientInfo,
-    decrypt_enveloped_data,
-    inspect_enveloped_data,
-)
-from nitrokms.enclave.errors import DecryptionError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+    from nitrokms.enclave.cms import EnvelopedInfo, RecipientInfo
 
 MAX_KEY_FILE_BYTES = 64 * 1024
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser = subparsers.add_parser(
-        "cms", help="inspect or decrypt a KMS CiphertextForRecipient (CMS EnvelopedData)"
+        "cms",
+        help="inspect or decrypt a KMS CiphertextForRecipient (CMS EnvelopedData)",
+        description="Inspect or decrypt a KMS CiphertextForRecipient (CMS EnvelopedData, raw, "
+        "base64 or hex). Exit 0 ok; 1 refused, malformed or wrong key; 2 usage or unreadable "
+        "input (missing file, not BER at all, not a PEM RSA key).",
+        epilog=examples(
+            "nitrokms cms inspect blob.b64",
+            "nitrokms cms decrypt blob.b64 --key recipient.pem --out plaintext.bin",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(title="cms commands", metavar="COMMAND", required=True)
     inspect = commands.add_parser(
-        "inspect", help="describe a CMS EnvelopedData and what decrypt would refuse"
+        "inspect",
+        help="describe a CMS EnvelopedData and what decrypt would refuse",
+        description="Describe any well-formed CMS EnvelopedData: algorithms, recipient "
+        "identifier, IV, sizes, and what decrypt would refuse and why.",
+        epilog=examples("nitrokms cms inspect blob.b64 --json"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     inspect.add_argument("blob", metavar="BLOB", help="file (raw, base64 or hex) or - for stdin")
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.set_defaults(handler=_inspect)
-    decrypt = commands.add_parser("decrypt", help="decrypt with an RSA private key")
+    decrypt = commands.add_parser(
+        "decrypt",
+        help="decrypt with an RSA private key",
+        description="Decrypt with an RSA private key (PEM, PKCS#1 or PKCS#8). The plaintext is "
+        "printed as base64 unless --out is given.",
+        epilog=examples(
+            "nitrokms cms decrypt blob.b64 --key recipient.pem",
+            "nitrokms cms decrypt - --key recipient.pem --out key.bin --json < blob.b64",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     decrypt.add_argument("blob", metavar="BLOB", help="file (raw, base64 or hex) or - for stdin")
     decrypt.add_argument("--key", required=True, metavar="PEM", help="PKCS#1 or PKCS#8 RSA key")
-    decrypt.add_argument("--out", metavar="FILE", help="write the plaintext here (mode 0600)")
+    decrypt.add_argument(
+        "--out", metavar="FILE", help="write the plaintext here (a new file, mode 0600)"
+    )
+    decrypt.add_argument("--json", action="store_true", help="print JSON")
     decrypt.set_defaults(handler=_decrypt)
 
 
+def _read_cms(source: str) -> bytes:
+    """BLOB's bytes. Raises CLIError exit 2 when it cannot be read or is not BER at all."""
+    from nitrokms.enclave.cms import CMSError  # noqa: PLC0415 - fast start-up (module docstring)
+    from nitrokms.enclave.cms.ber import parse  # noqa: PLC0415
+
+    blob = read_blob(source)
+    try:
+        parse(blob)
+    except CMSError as exc:
+        raise CLIError(f"{source}: not a CMS structure ({exc.message})", 2) from None
+    return blob
+
+
 def _inspect(args: argparse.Namespace) -> int:
-    blob = read_blob(args.blob)
+    from nitrokms.enclave.cms import CMSError, inspect_enveloped_data  # noqa: PLC0415
+
+    blob = _read_cms(args.blob)
     try:
         info = inspect_enveloped_data(blob)
     except CMSError as exc:
@@ -105,7 +139,10 @@ def _describe_recipient(index: int, recipient: RecipientInfo) -> list[str]:
 
 
 def _decrypt(args: argparse.Namespace) -> int:
-    blob = read_blob(args.blob)
+    from nitrokms.enclave.cms import CMSError, decrypt_enveloped_data  # noqa: PLC0415
+    from nitrokms.enclave.errors import DecryptionError  # noqa: PLC0415
+
+    blob = _read_cms(args.blob)
     key = load_private_key(args.key)
     try:
         plaintext = decrypt_enveloped_data(blob, key)
@@ -113,24 +150,35 @@ def _decrypt(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.blob}: decryption failed (wrong key or corrupted data)") from None
     except CMSError as exc:
         raise CLIError(f"{args.blob}: {exc.message}") from None
-    if args.out is None:
+    output: dict[str, Any] = {"plaintext_bytes": len(plaintext)}
+    if args.out is not None:
+        write_private(args.out, plaintext)
+        output["out"] = args.out
+    elif args.json:
+        output["plaintext"] = base64.b64encode(plaintext).decode()
+    else:
         sys.stdout.write(base64.b64encode(plaintext).decode() + "\n")
-        return 0
-    write_private(Path(args.out), plaintext)
+    if args.json:
+        print(json.dumps(output, indent=2, sort_keys=True))
     return 0
 
 
 def load_private_key(path: str) -> RSAPrivateKey:
-    """Load an unencrypted PEM RSA private key (PKCS#1 or PKCS#8). Raises CLIError."""
+    """Load an unencrypted PEM RSA private key (PKCS#1 or PKCS#8). Raises CLIError exit 2 (the
+    key file is unusable input)."""
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey  # noqa: PLC0415
+
     data = read_input(path, MAX_KEY_FILE_BYTES, what="key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise CLIError(f"key {path}: encrypted PEM keys are not supported") from None
+        raise CLIError(f"key {path}: encrypted PEM keys are not supported", 2) from None
     except ValueError:
-        raise CLIError(f"key {path}: not a PEM private key (PKCS#1 or PKCS#8)") from None
+        raise CLIError(f"key {path}: not a PEM private key (PKCS#1 or PKCS#8)", 2) from None
     except UnsupportedAlgorithm:
-        raise CLIError(f"key {path}: unsupported private key") from None
+        raise CLIError(f"key {path}: unsupported private key", 2) from None
     if not isinstance(key, RSAPrivateKey):
-        raise CLIError(f"key {path}: not an RSA private key")
+        raise CLIError(f"key {path}: not an RSA private key", 2)
     return key

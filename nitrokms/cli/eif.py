@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nitrokms import __version__
-from nitrokms.cli import CLIError
+from nitrokms.cli import CLIError, examples
 from nitrokms.parent.eif import (
     EIF,
     EIFError,
@@ -31,12 +31,23 @@ MAX_CMDLINE_BYTES = 4096
 
 
 def register(subparsers: Any) -> None:
+    build_example = (
+        "nitrokms eif build --kernel vmlinuz --cmdline 'console=ttyS0' "
+        "--ramdisk bootstrap.cpio --ramdisk app.cpio --output enclave.eif"
+    )
+    describe_example = "nitrokms eif describe out/image/enclave.eif --json"
     parser = subparsers.add_parser(
         "eif", help="build an EIF or print its measurements (PCR0/1/2[/8])",
-        description="Enclave Image Format (version 4) files without nitro-cli.",
+        description="Enclave Image Format (version 4) files without nitro-cli. Exit 0 ok; 1 a "
+        "corrupted EIF (bad magic, CRC or layout); 2 usage or unreadable input.",
+        epilog=examples(build_example, describe_example),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     sub = parser.add_subparsers(dest="eif_command", required=True, metavar="COMMAND")
-    build = sub.add_parser("build", help="write an EIF from a kernel, a command line and ramdisks")
+    build = sub.add_parser(
+        "build", help="write an EIF from a kernel, a command line and ramdisks",
+        epilog=examples(build_example), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     build.add_argument("--kernel", type=Path, required=True, metavar="FILE")
     build.add_argument("--cmdline", required=True, metavar="TEXT", help="kernel command line")
     build.add_argument(
@@ -54,7 +65,10 @@ def register(subparsers: Any) -> None:
     build.add_argument("--memory-mib", type=int, default=1024, help="header default memory")
     build.add_argument("--cpus", type=int, default=2, help="header default CPU count")
     build.set_defaults(handler=_build)
-    show = sub.add_parser("describe", help="print an EIF's measurements and metadata")
+    show = sub.add_parser(
+        "describe", help="print an EIF's measurements and metadata",
+        epilog=examples(describe_example), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     show.add_argument("eif", type=Path, metavar="FILE")
     show.add_argument("--json", action="store_true", help="nitro-cli describe-eif JSON")
     show.set_defaults(handler=_describe)

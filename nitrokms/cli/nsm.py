@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 import binascii
+import hashlib
 import json
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from nitrokms.cli import CLIError, examples
+from nitrokms.cli._blobs import read_input, write_private
 
-from nitrokms.cli import CLIError
-from nitrokms.cli._blobs import read_input
-from nitrokms.enclave.errors import EnclaveError
-from nitrokms.enclave.nsm import DEFAULT_DEVICE_PATH, NSMClient, NSMDescription, PCRState
+if TYPE_CHECKING:
+    from nitrokms.enclave.nsm import NSMClient, NSMDescription
 
 MAX_PUBLIC_KEY_FILE_BYTES = 64 * 1024
 
@@ -37,31 +35,64 @@ def _pcr_index(text: str) -> int:
     return value
 
 
+def _subcommand(sub: Any, name: str, summary: str, *lines: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=examples(*lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
 def register(subparsers: Any) -> None:
-    nsm = subparsers.add_parser("nsm", help="query the Nitro Secure Module at /dev/nsm")
-    nsm.add_argument("--device", default=DEFAULT_DEVICE_PATH, help=argparse.SUPPRESS)
+    nsm = subparsers.add_parser(
+        "nsm",
+        help="query the Nitro Secure Module at /dev/nsm",
+        description="Talk to whatever answers at /dev/nsm: the real device inside an enclave, or "
+        "the simulated one under `python -m nitrokms.sim nsm run`. Exit 0 ok, 1 the NSM is "
+        "missing or refused, 2 usage or unreadable input.",
+        epilog=examples(
+            "python -m nitrokms.sim nsm run --state DIR -- nitrokms nsm describe",
+            "nitrokms nsm attest --nonce 0011 --out doc.cose",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    nsm.add_argument("--device", help=argparse.SUPPRESS)  # default: the client's, /dev/nsm
     sub = nsm.add_subparsers(title="nsm commands", metavar="COMMAND", required=True)
 
-    describe = sub.add_parser("describe", help="module id, version, PCR count, locked PCRs")
+    describe = _subcommand(
+        sub, "describe", "module id, version, PCR count, locked PCRs", "nitrokms nsm describe"
+    )
     describe.add_argument("--json", action="store_true", help="print JSON")
     describe.set_defaults(handler=_describe)
 
-    pcr = sub.add_parser("pcr", help="value and lock state of one PCR")
+    pcr = _subcommand(sub, "pcr", "value and lock state of one PCR", "nitrokms nsm pcr 0")
     pcr.add_argument("index", type=_pcr_index, metavar="N")
     pcr.add_argument("--json", action="store_true", help="print JSON")
     pcr.set_defaults(handler=_pcr)
 
-    attest = sub.add_parser("attest", help="write a signed attestation document (raw COSE)")
+    attest = _subcommand(
+        sub,
+        "attest",
+        "write a signed attestation document (raw COSE)",
+        "nitrokms nsm attest --nonce $(openssl rand -hex 16) --public-key key.pem --out doc.cose",
+    )
     attest.add_argument("--nonce", type=_hex_bytes, metavar="HEX")
     attest.add_argument("--user-data", type=_hex_bytes, metavar="HEX")
     attest.add_argument("--public-key", type=Path, metavar="FILE", help="SPKI as DER or PEM")
     attest.add_argument("--out", type=Path, required=True, metavar="FILE")
+    attest.add_argument("--json", action="store_true", help="print a JSON summary")
     attest.set_defaults(handler=_attest)
 
 
 def _client(args: argparse.Namespace) -> NSMClient:
+    from nitrokms.enclave.errors import EnclaveError  # noqa: PLC0415 - fast start-up (cffi)
+    from nitrokms.enclave.nsm import NSMClient  # noqa: PLC0415
+
     try:
-        return NSMClient.open(args.device)
+        return NSMClient.open(args.device) if args.device else NSMClient.open()
     except EnclaveError as exc:
         raise CLIError(exc.message) from None
 
@@ -87,6 +118,8 @@ def _ranges(indexes: tuple[int, ...]) -> str:
 
 
 def _describe(args: argparse.Namespace) -> int:
+    from nitrokms.enclave.errors import EnclaveError  # noqa: PLC0415
+
     with _client(args) as client:
         try:
             desc = client.describe_nsm()
@@ -105,9 +138,11 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _pcr(args: argparse.Namespace) -> int:
+    from nitrokms.enclave.errors import EnclaveError  # noqa: PLC0415
+
     with _client(args) as client:
         try:
-            state: PCRState = client.describe_pcr(args.index)
+            state = client.describe_pcr(args.index)
         except EnclaveError as exc:
             raise CLIError(f"PCR {args.index}: {exc.message}") from None
     if args.json:
@@ -118,7 +153,10 @@ def _pcr(args: argparse.Namespace) -> int:
 
 
 def _read_public_key(path: Path) -> bytes:
-    """The DER SubjectPublicKeyInfo in `path` (DER or PEM). Raises CLIError."""
+    """The DER SubjectPublicKeyInfo in `path` (DER or PEM). Raises CLIError exit 2."""
+    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+
     data = read_input(path, MAX_PUBLIC_KEY_FILE_BYTES, what="public key")
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
@@ -126,13 +164,15 @@ def _read_public_key(path: Path) -> bytes:
         else:
             key = serialization.load_der_public_key(data)
     except (ValueError, TypeError, binascii.Error, UnsupportedAlgorithm):
-        raise CLIError(f"{path}: not a SubjectPublicKeyInfo (DER or PEM)") from None
+        raise CLIError(f"{path}: not a SubjectPublicKeyInfo (DER or PEM)", 2) from None
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 
 def _attest(args: argparse.Namespace) -> int:
+    from nitrokms.enclave.errors import EnclaveError  # noqa: PLC0415
+
     public_key = _read_public_key(args.public_key) if args.public_key else None
     with _client(args) as client:
         try:
@@ -141,20 +181,26 @@ def _attest(args: argparse.Namespace) -> int:
             )
         except EnclaveError as exc:
             raise CLIError(f"attestation failed: {exc.message}") from None
-    try:
-        _write(args.out, document)
-    except OSError as exc:
-        raise CLIError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    write_private(args.out, document)
+    digest = hashlib.sha256(document).hexdigest()
+    summary: dict[str, Any] = {
+        "out": str(args.out),
+        "document_bytes": len(document),
+        "sha256": digest,
+        "nonce": None if args.nonce is None else args.nonce.hex(),
+        "user_data_bytes": None if args.user_data is None else len(args.user_data),
+        "public_key_bytes": None if public_key is None else len(public_key),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        extras = [
+            f"{name} {summary[key]}"
+            for name, key in (("nonce", "nonce"), ("public key bytes", "public_key_bytes"))
+            if summary[key] is not None
+        ]
+        print(
+            f"wrote attestation document ({len(document)} bytes, sha256 "
+            f"{digest[:16]}...{''.join(', ' + e for e in extras)}) to {args.out}"
+        )
     return 0
-
-
-def _write(path: Path, data: bytes) -> None:
-    if path.exists() and not path.is_file():
-        path.write_bytes(data)
-        return
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temp.write_bytes(data)
-        temp.replace(path)
-    finally:
-        temp.unlink(missing_ok=True)

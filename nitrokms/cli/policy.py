@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nitrokms.cli import CLIError
+from nitrokms.cli import CLIError, examples
 from nitrokms.cli._blobs import read_input
 from nitrokms.parent.policy import (
     MAX_MEASUREMENTS_BYTES,
@@ -46,8 +46,17 @@ def register(subparsers: Any) -> None:
         description=(
             "Print a KMS key policy whose Decrypt/GenerateDataKey grant requires an attestation "
             "document with the image's PCR0-2 (nitro-cli build-enclave output), or with --check "
-            "report every statement that grants data-plane operations without one."
+            "report every statement that grants data-plane operations without one. Exit 0 ok; "
+            "1 debug-mode measurements without --allow-debug, or --check found a problem; 2 usage "
+            "or unreadable input (missing file, not JSON, bad PCR or ARN)."
         ),
+        epilog=examples(
+            "nitrokms policy --measurements out/measurements.json "
+            "--role-arn arn:aws:iam::111122223333:role/parent > policy.json",
+            "nitrokms policy --measurements m.json --role-arn ARN --pcr 3 --instance-id i-0abc...",
+            "aws kms get-key-policy --key-id KEY --policy-name default | nitrokms policy --check -",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--measurements", type=Path, metavar="FILE", help="nitro-cli JSON or -")
@@ -69,6 +78,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="accept debug-mode enclaves (all-zero PCR0-2): development only",
     )
+    parser.add_argument("--json", action="store_true", help="--check: print the result as JSON")
     parser.set_defaults(handler=_run)
 
 
@@ -78,13 +88,14 @@ def _run(args: argparse.Namespace) -> int:
             return _check(args)
         return _generate(args)
     except PolicyError as exc:
-        raise CLIError(str(exc)) from None
+        raise CLIError(str(exc), exit_code=2) from None  # bad input: file, PCR, ARN
 
 
 def _generate(args: argparse.Namespace) -> int:
     measurements = parse_measurements(
         read_input(args.measurements, MAX_MEASUREMENTS_BYTES, what="measurements file")
     )
+
     extra = tuple(index for index, value in args.pcr if value is None)
     explicit = {index: value for index, value in args.pcr if value is not None}
     request = PolicyRequest(
@@ -97,7 +108,12 @@ def _generate(args: argparse.Namespace) -> int:
         explicit_pcrs=explicit,
         allow_debug=args.allow_debug,
     )
-    text = render(generate_policy(request))
+    try:
+        text = render(generate_policy(request))
+    except PolicyError as exc:
+        # Debug-mode measurements without --allow-debug: the input is fine, the answer is no.
+        refused = measurements.is_debug and not args.allow_debug
+        raise CLIError(str(exc), exit_code=1 if refused else 2) from None
     if args.allow_debug:
         print(DEBUG_ONLY_WARNING if measurements.is_debug else DEBUG_TOO_WARNING, file=sys.stderr)
     sys.stdout.write(text)
@@ -109,18 +125,21 @@ def _check(args: argparse.Namespace) -> int:
     try:
         document = json.loads(data)
     except (ValueError, UnicodeDecodeError):
-        raise CLIError(f"policy file {str(args.check)!r} is not JSON") from None
+        raise CLIError(f"policy file {str(args.check)!r} is not JSON", 2) from None
     if isinstance(document, dict) and "Statement" not in document:
         inner = document.get("Policy")
         if isinstance(inner, str):  # `aws kms get-key-policy` output
             try:
                 document = json.loads(inner)
             except ValueError:
-                raise CLIError("the Policy string is not JSON") from None
+                raise CLIError("the Policy string is not JSON", 2) from None
     problems = find_unconditional_grants(document, allow_debug=args.allow_debug)
+    if args.json:
+        print(json.dumps({"ok": not problems, "problems": problems}, indent=2))
     for problem in problems:
         print(f"nitrokms: policy check: {problem}", file=sys.stderr)
     if problems:
         return 1
-    print("ok: no statement grants data-plane operations without attestation")
+    if not args.json:
+        print("ok: no statement grants data-plane operations without attestation")
     return 0

@@ -10,7 +10,7 @@ import resource
 import signal
 from typing import Any
 
-from nitrokms.cli import CLIError
+from nitrokms.cli import CLIError, examples
 from nitrokms.parent.proxy import logs
 from nitrokms.parent.proxy.allowlist import (
     DEFAULT_CONFIG_PATH,
@@ -63,6 +63,11 @@ def register(subparsers: Any) -> None:
         "proxy",
         help="vsock-to-TCP relay for the enclave's KMS traffic (drop-in for vsock-proxy)",
         description=DESCRIPTION,
+        epilog=examples(
+            "nitrokms proxy 8000 kms.eu-west-1.amazonaws.com 443",
+            "nitrokms proxy 8000 kms.eu-west-1.amazonaws.com 443 --config vsock-proxy.yaml "
+            "--metrics tcp://127.0.0.1:9100",
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("local_port", type=_port, help="vsock port to listen on (CID 3)")

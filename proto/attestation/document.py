@@ -24,7 +24,9 @@ MAX_CERT_BYTES = 1024
 MAX_CABUNDLE = 16
 MAX_OPTIONAL_BYTES = 1024
 MAX_MODULE_ID_CHARS = 256
-MAX_TIMESTAMP_MS = (1 << 64) - 1
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z, the last millisecond a datetime holds. The NSM's field is a uint64,
+but a later value cannot be compared with a verification time, so it is refused as malformed."""
 DEBUG_PCRS = (0, 1, 2)
 
 
@@ -119,8 +121,12 @@ def _digest(payload: dict[Any, Any]) -> str:
 
 def _timestamp(payload: dict[Any, Any]) -> int:
     value = _field(payload, "timestamp")
-    if type(value) is not int or not 0 < value <= MAX_TIMESTAMP_MS:
+    if type(value) is not int or value <= 0:
         raise MalformedError("malformed: timestamp must be an unsigned integer > 0 (ms)")
+    if value > MAX_TIMESTAMP_MS:
+        raise MalformedError(
+            f"malformed: timestamp {value} ms is after 9999-12-31T23:59:59.999Z (out of range)"
+        )
     return value
 
 

@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cbor2
 import pytest
+from nitrokms.proto.attestation import parse_document
 from nitrokms.sim.nsm.pki import SimulatedPKI
 
 from nitrokms.cli import main
-from tests.attestation.conftest import REAL_DOC, SignFn, boot_pcrs
+from tests.attestation.conftest import MODULE_ID, NOW_MS, REAL_DOC, SignFn, boot_pcrs
 
 NITROKMS = Path(sys.executable).parent / "nitrokms"
 REAL = str(REAL_DOC)
@@ -110,20 +112,89 @@ def test_verify_simulated_document_with_its_root(
     assert err == "nitrokms: invalid attestation document: " + json.loads(out)["error"] + "\n"
 
 
-def test_default_root_refuses_simulated_documents(
-    capsys: pytest.CaptureFixture[str], files: dict[str, str]
+def test_garbage_and_missing_documents_exit_2(
+    capsys: pytest.CaptureFixture[str], files: dict[str, str], tmp_path: Path
 ) -> None:
-    code, _, err = _run(capsys, "verify", files["doc"])
-    assert code == 1
-    assert "untrusted root" in err
-
-
-def test_malformed_document(capsys: pytest.CaptureFixture[str], files: dict[str, str]) -> None:
+    unreadable = tmp_path / "unreadable.cose"
+    unreadable.mkdir()
     for command in ("inspect", "verify"):
         code, _, err = _run(capsys, command, files["junk"])
-        assert code == 1
-        assert err.count("\n") == 1
-        assert "malformed" in err
+        assert (code, err.count("\n")) == (2, 1)
+        assert "not an attestation document (malformed" in err
+        code, _, err = _run(capsys, command, str(tmp_path / "missing.cose"))
+        assert (code, err.count("\n")) == (2, 1)
+        assert "cannot read" in err
+        code, _, err = _run(capsys, command, str(unreadable))
+        assert (code, err.count("\n")) == (2, 1)
+
+
+@pytest.mark.parametrize("timestamp", [2**63, 2**64 - 1, 253_402_300_800_000])
+def test_timestamp_past_year_9999_is_a_typed_failure(
+    capsys: pytest.CaptureFixture[str],
+    pki: SimulatedPKI,
+    tmp_path: Path,
+    files: dict[str, str],
+    timestamp: int,
+) -> None:
+    doc = tmp_path / "far.cose"
+    doc.write_bytes(_with_timestamp(pki, timestamp))
+    for argv in (["inspect", str(doc)], ["verify", str(doc), "--root", files["root"]]):
+        code, out, err = _run(capsys, *argv)
+        assert (code, out, err.count("\n")) == (1, "", 1), err
+        assert "timestamp" in err
+        assert "out of range" in err
+        assert "Traceback" not in err
+    installed = subprocess.run(
+        [str(NITROKMS), "attestation", "inspect", str(doc)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert installed.returncode == 1
+    assert len(installed.stderr.splitlines()) == 1
+
+
+def _with_timestamp(pki: SimulatedPKI, timestamp: int) -> bytes:
+    """A correctly signed document whose payload carries `timestamp` (no certificate can be
+    issued for such a time, so the chain is one for now)."""
+    signed = pki.sign_document(
+        module_id=MODULE_ID, timestamp_ms=NOW_MS, pcrs=boot_pcrs(), public_key=None,
+        user_data=None, nonce=None,
+    )  # fmt: skip
+    payload = cbor2.loads(parse_document(signed).payload)
+    payload["timestamp"] = timestamp
+    return pki.sign_payload(cbor2.dumps(payload), module_id=MODULE_ID, timestamp_ms=NOW_MS)
+
+
+def test_payload_breaking_the_rules_exits_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, pki: SimulatedPKI
+) -> None:
+    doc = tmp_path / "bad-payload.cose"
+    doc.write_bytes(pki.sign_payload(b"\xa0"))  # a COSE_Sign1 whose payload is an empty map
+    code, _, err = _run(capsys, "inspect", str(doc))
+    assert (code, err.count("\n")) == (1, 1)
+    assert "malformed: payload lacks module_id" in err
+
+
+def test_root_mismatch_names_both_roots_and_the_simulator_root(
+    capsys: pytest.CaptureFixture[str],
+    files: dict[str, str],
+    other_pki: SimulatedPKI,
+    tmp_path: Path,
+) -> None:
+    code, _, err = _run(capsys, "verify", files["doc"])
+    assert (code, err.count("\n")) == (1, 1)
+    assert "the document chains to CN=" in err
+    assert "not the pinned root AWS Nitro Enclaves Root-G1, CN=aws.nitro-enclaves" in err
+    assert "python -m nitrokms.sim nsm root" in err
+    theirs, ours = err.split("SHA-256 ")[1][:16], err.split("SHA-256 ")[2][:16]
+    assert theirs != ours
+    other = tmp_path / "other-root.pem"
+    other.write_bytes(other_pki.root_certificate_pem)
+    code, out, err = _run(capsys, "verify", files["doc"], "--root", str(other), "--json")
+    assert code == 1
+    reply = json.loads(out)
+    assert reply["code"] == "attestation.UntrustedRoot"
+    assert "nsm root" not in reply["error"]  # the pinned root is not AWS's: no simulator hint
+    assert reply["error"].count("SHA-256") == 2
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,8 @@ BAD_FIELDS = [
     ("timestamp", -5),
     ("timestamp", 1.5e12),
     ("timestamp", True),
+    ("timestamp", 2**63),
+    ("timestamp", 2**64 - 1),
     ("pcrs", {}),
     ("pcrs", [bytes(48)]),
     ("pcrs", {i: bytes(48) for i in range(33)}),
@@ -75,6 +77,19 @@ def test_field_rules_raise_malformed_naming_the_field(
     with pytest.raises(MalformedError, match=key) as err:
         parse_document(_signed(pki, **{key: value}))
     assert err.value.code == "attestation.Malformed"
+
+
+@pytest.mark.parametrize("timestamp", [2**63, 253_402_300_800_000])
+def test_the_verifier_refuses_timestamps_no_datetime_holds(
+    pki: SimulatedPKI, timestamp: int
+) -> None:
+    """Issue 15: 2**63 ms used to escape as an OverflowError from `issued_at`."""
+    verifier = AttestationVerifier(pki.root_certificate)
+    with pytest.raises(MalformedError, match="out of range") as err:
+        verifier.verify(_signed(pki, timestamp=timestamp), at=NOW)
+    assert err.value.code == "attestation.Malformed"
+    last_ok = parse_document(_signed(pki, timestamp=253_402_300_799_999))
+    assert last_ok.issued_at.year == 9999
 
 
 @pytest.mark.parametrize("key", PAYLOAD_KEYS[:6])

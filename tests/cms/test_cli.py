@@ -51,11 +51,20 @@ def test_inspect_lists_refusals(capsys):
     assert doc["refusals"] == ["content encryption aes-128-cbc is not supported; need aes-256-cbc"]
 
 
-def test_inspect_malformed_exits_1(tmp_path, capsys):
+def test_inspect_garbage_exits_2(tmp_path, capsys):
     bad = tmp_path / "bad.bin"
-    bad.write_bytes(HELLO.read_bytes()[:100])
+    bad.write_bytes(HELLO.read_bytes()[:100])  # truncated: not BER at all
+    assert main(["cms", "inspect", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "not a CMS structure (malformed BER" in err
+    assert err.count("\n") == 1
+
+
+def test_inspect_well_formed_ber_that_is_not_enveloped_data_exits_1(tmp_path, capsys):
+    bad = tmp_path / "seq.der"
+    bad.write_bytes(bytes.fromhex("3003020101"))  # SEQUENCE { INTEGER 1 }: BER, not CMS
     assert main(["cms", "inspect", str(bad)]) == 1
-    assert "malformed BER" in capsys.readouterr().err
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_decrypt_pkcs8_to_stdout_as_base64(capsys):
@@ -93,19 +102,55 @@ def test_decrypt_unsupported_exits_1(capsys):
     ("content", "message"),
     [(b"not a key", "not a PEM private key"), (None, "not an RSA private key")],
 )
-def test_decrypt_bad_key_file_exits_1(tmp_path, capsys, content, message):
+def test_decrypt_bad_key_file_exits_2(tmp_path, capsys, content, message):
     path = tmp_path / "k.pem"
     if content is None:
         _write_key(path, ec.generate_private_key(ec.SECP256R1()), serialization.PrivateFormat.PKCS8)
     else:
         path.write_bytes(content)
-    assert main(["cms", "decrypt", str(HELLO), "--key", str(path)]) == 1
+    assert main(["cms", "decrypt", str(HELLO), "--key", str(path)]) == 2
     assert message in capsys.readouterr().err
 
 
-def test_decrypt_missing_blob_exits_1(tmp_path, capsys):
-    assert main(["cms", "decrypt", str(tmp_path / "nope"), "--key", str(HELLO_KEY)]) == 1
+def test_decrypt_missing_blob_or_key_exits_2(tmp_path, capsys):
+    assert main(["cms", "decrypt", str(tmp_path / "nope"), "--key", str(HELLO_KEY)]) == 2
     assert "cannot read" in capsys.readouterr().err
+    assert main(["cms", "decrypt", str(HELLO), "--key", str(tmp_path / "nokey")]) == 2
+    assert "cannot read key" in capsys.readouterr().err
+
+
+def test_decrypt_json(tmp_path, capsys):
+    assert main(["cms", "decrypt", str(HELLO), "--key", str(HELLO_KEY), "--json"]) == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert base64.b64decode(reply["plaintext"]) == HELLO_PLAINTEXT
+    assert reply["plaintext_bytes"] == len(HELLO_PLAINTEXT)
+    out = tmp_path / "p.bin"
+    argv = ["cms", "decrypt", str(HELLO), "--key", str(HELLO_KEY), "--out", str(out), "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "out": str(out),
+        "plaintext_bytes": len(HELLO_PLAINTEXT),
+    }
+    assert out.read_bytes() == HELLO_PLAINTEXT
+
+
+def test_decrypt_out_replaces_a_readable_file_and_refuses_a_symlink(tmp_path, capsys):
+    out = tmp_path / "plain.bin"
+    out.write_bytes(b"old")
+    out.chmod(0o644)
+    with out.open("rb") as held:  # someone holding the old file open never sees the plaintext
+        assert main(["cms", "decrypt", str(HELLO), "--key", str(HELLO_KEY), "--out", str(out)]) == 0
+        assert held.read() == b"old"
+    assert out.read_bytes() == HELLO_PLAINTEXT
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    link = tmp_path / "link.bin"
+    link.symlink_to(victim)
+    assert main(["cms", "decrypt", str(HELLO), "--key", str(HELLO_KEY), "--out", str(link)]) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert victim.read_bytes() == b"keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.bin", "plain.bin", "victim"]
 
 
 @pytest.mark.parametrize(

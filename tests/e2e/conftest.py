@@ -1,27 +1,17 @@
 """End-to-end tests over `nitrokms.sim.world.World`: production processes only.
 
-A failed test's report gets the tail of every log of the World it used.
+A failed test's report gets the tail of every log of the World it used (the nitrokms pytest
+plugin's report hook, nitrokms.sim.pytest_plugin).
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nitrokms.sim.world import World
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
-    outcome: Any = yield
-    report = outcome.get_result()
-    if not report.failed:
-        return
-    for value in getattr(item, "funcargs", {}).values():
-        if isinstance(value, World):
-            report.sections.append((f"world logs ({value.log_dir})", value.log_tails()))
 
 
 def open_world(

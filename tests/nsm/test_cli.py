@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
+import stat
 import subprocess
 from pathlib import Path
 
@@ -47,6 +49,12 @@ def test_attest_under_nsm_run_writes_a_document_that_verifies(
         "--nonce", "0a0b", "--user-data", "cafe", "--public-key", str(pem), "--out", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()
+    summary = result.stdout.decode()
+    assert summary.count("\n") == 1
+    assert summary.startswith("wrote attestation document (")
+    assert f"sha256 {hashlib.sha256(out.read_bytes()).hexdigest()[:16]}..." in summary
+    assert f"nonce 0a0b, public key bytes {len(spki)}) to {out}" in summary
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
     payload = cbor2.loads(cbor2.loads(out.read_bytes())[2])
     assert (payload["nonce"], payload["user_data"], payload["public_key"]) == (
         b"\x0a\x0b", b"\xca\xfe", spki,
@@ -61,6 +69,15 @@ def test_attest_under_nsm_run_writes_a_document_that_verifies(
         check=False, capture_output=True, timeout=60,
     )  # fmt: skip
     assert verify.returncode == 0, verify.stderr.decode()
+    as_json = harness(
+        "run", "--state", str(state), "--", NITROKMS, "nsm", "attest", "--json",
+        "--out", str(out),
+    )  # fmt: skip
+    assert as_json.returncode == 0, as_json.stderr.decode()
+    reply = json.loads(as_json.stdout)
+    assert reply["out"] == str(out)
+    assert reply["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert (reply["nonce"], reply["public_key_bytes"]) == (None, None)
 
 
 def test_run_applies_measurements_debug_and_role(preload_library: Path, tmp_path: Path) -> None:
@@ -137,8 +154,14 @@ def test_bad_public_key_file_is_reported(tmp_path: Path) -> None:
         [NITROKMS, "nsm", "attest", "--public-key", str(key), "--out", str(tmp_path / "o")],
         check=False, capture_output=True, timeout=60,
     )  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "not a SubjectPublicKeyInfo" in result.stderr.decode()
+    missing = subprocess.run(
+        [NITROKMS, "nsm", "attest", "--public-key", str(tmp_path / "nope"), "--out", "o"],
+        check=False, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 2
+    assert "cannot read public key" in missing.stderr.decode()
 
 
 def test_run_forwards_sigterm_to_the_command(preload_library: Path, tmp_path: Path) -> None:

@@ -91,12 +91,12 @@ def test_allow_debug_on_production_measurements_warns(capsys, measurements_file:
         ),
     ],
 )
-def test_bad_input_exits_1_with_one_line(capsys, tmp_path: Path, content, extra, message) -> None:
+def test_bad_input_exits_2_with_one_line(capsys, tmp_path: Path, content, extra, message) -> None:
     path = tmp_path / "m.json"
     if content is not None:
         path.write_text(content)
     code, out, err = run(capsys, "--measurements", str(path), *extra)
-    assert (code, out) == (1, "")
+    assert (code, out) == (2, "")
     assert err.count("\n") == 1
     assert err.startswith("nitrokms: ")
     assert message in err
@@ -149,5 +149,23 @@ def test_check_names_the_offending_statement(capsys, tmp_path: Path) -> None:
 def test_check_reads_stdin_and_refuses_junk(capsys, monkeypatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"[1, 2]")))
     code, _, err = run(capsys, "--check", "-")
-    assert code == 1
+    assert code == 2
     assert "not a policy" in err
+
+
+def test_check_json(capsys, tmp_path: Path, measurements_file: Path) -> None:
+    _, generated, _ = run(capsys, "--measurements", str(measurements_file), "--role-arn", ROLE_ARN)
+    path = tmp_path / "policy.json"
+    path.write_text(generated)
+    code, out, err = run(capsys, "--check", str(path), "--json")
+    assert (code, err, json.loads(out)) == (0, "", {"ok": True, "problems": []})
+    bad = {"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Resource": "*"}]}
+    path.write_text(json.dumps(bad))
+    code, out, _ = run(capsys, "--check", str(path), "--json")
+    reply = json.loads(out)
+    assert (code, reply["ok"]) == (1, False)
+    assert "grants kms:Decrypt" in reply["problems"][0]
+    path.write_text("{not json")
+    code, out, err = run(capsys, "--check", str(path), "--json")
+    assert (code, out) == (2, "")
+    assert "is not JSON" in err

@@ -174,7 +174,13 @@ def test_secrets_stay_out_of_repr() -> None:
         (lambda: m.ForgetKeyRequest(handle="bad handle!"), "handle"),
         (
             lambda: m.SetCredentialsRequest(
-                access_key_id="short", secret_access_key="s", region="us-east-1"
+                access_key_id="AKIA EXAMPLE", secret_access_key="s", region="us-east-1"
+            ),
+            "access_key_id",
+        ),
+        (
+            lambda: m.SetCredentialsRequest(
+                access_key_id="A" * 129, secret_access_key="s", region="us-east-1"
             ),
             "access_key_id",
         ),
@@ -346,3 +352,11 @@ def test_trailing_data_after_a_large_message_is_refused() -> None:
     assert m.decode_request(data).id == 1
     with pytest.raises(RemoteProtocolError, match="trailing"):
         m.decode_request(data + b"\x00")
+
+
+@pytest.mark.parametrize("access_key_id", ["test", "testing", "AKIAIOSFODNN7EXAMPLE", "A" * 128])
+def test_dummy_and_real_access_key_ids_are_accepted(access_key_id: str) -> None:
+    creds = m.SetCredentialsRequest(
+        access_key_id=access_key_id, secret_access_key="test", region="us-east-1"
+    )
+    assert m.decode_request(m.encode_request(m.Request(1, creds))).body == creds

@@ -134,6 +134,28 @@ def test_seal_and_unseal_through_files_and_stdin(
     ]
 
 
+def test_unseal_out_never_writes_through_an_existing_file_or_a_symlink(
+    server: ServerThread, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "env").write_bytes(b"ENV:secret")
+    existing = tmp_path / "plain.out"
+    existing.write_bytes(b"old")
+    existing.chmod(0o644)
+    code, _, _ = call(
+        server, capsys, "unseal", "--in", str(tmp_path / "env"), "--out", str(existing)
+    )
+    assert (code, existing.read_bytes(), existing.stat().st_mode & 0o777) == (0, b"secret", 0o600)
+    target = tmp_path / "elsewhere"
+    link = tmp_path / "link.out"
+    link.symlink_to(target)
+    code, out, err = call(
+        server, capsys, "unseal", "--in", str(tmp_path / "env"), "--out", str(link)
+    )
+    assert (code, out) == (2, "")
+    assert err == f"nitrokms: refusing to write {link}: it is a symbolic link\n"
+    assert not target.exists()
+
+
 def test_unseal_writes_raw_plaintext_to_stdout(
     server: ServerThread, capfdbinary: pytest.CaptureFixture[bytes], tmp_path: Path
 ) -> None:
@@ -156,7 +178,9 @@ def test_attest_writes_the_document(
     assert json.loads(out)["document"] == base64.b64encode(b"DOC:").decode()
 
 
-def test_describe_and_health(server: ServerThread, capsys: pytest.CaptureFixture[str]) -> None:
+def test_describe_and_health(
+    server: ServerThread, fake: FakeEnclave, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = call(server, capsys, "describe")
     assert code == 0
     assert "debug mode: no\n" in out
@@ -167,11 +191,21 @@ def test_describe_and_health(server: ServerThread, capsys: pytest.CaptureFixture
     assert described["pcrs"]["1"] == PCR.hex()
     assert described["debug_mode"] is False
 
-    code, out, _ = call(server, capsys, "health")
-    assert code == 0
+    code, out, err = call(server, capsys, "health")
+    assert code == 1  # not ready: the answer is no, with the health still printed
     assert "credentials present: no\n" in out
+    assert (
+        err == "nitrokms: enclave not ready: no credentials (is `nitrokms credentials` running?)\n"
+    )
     code, out, _ = call(server, capsys, "health", "--json")
+    assert code == 1
     assert json.loads(out)["key_pool_target"] == 4
+    assert json.loads(out)["ready"] is False
+    fake.credentials = m.SetCredentialsRequest(
+        access_key_id="test", secret_access_key="test", region="us-east-1"
+    )
+    code, out, err = call(server, capsys, "health", "--json")
+    assert (code, err, json.loads(out)["ready"]) == (0, "", True)
 
 
 def test_remote_errors_exit_1_with_one_line_naming_the_code(
@@ -251,22 +285,24 @@ def test_enclave_address_from_the_environment(
     server: ServerThread, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NITROKMS_ENCLAVE", str(server.address))
-    assert main(["call", "health", "--json"]) == 0
+    assert main(["call", "health", "--json"]) == 1  # reached: it answers "not ready"
     assert json.loads(capsys.readouterr().out)["ready"] is False
 
 
-def test_installed_entry_point_runs_a_call(server: ServerThread) -> None:
+def test_installed_entry_point_runs_a_call(server: ServerThread, tmp_path: Path) -> None:
     nitrokms = Path(sys.executable).parent / "nitrokms"
     env = {**os.environ, "NITROKMS_ENCLAVE": str(server.address)}
+    out = tmp_path / "doc.cose"
     done = subprocess.run(
-        [str(nitrokms), "call", "attest", "--nonce", "00ff", "--out", "/dev/stdout", "--json"],
+        [str(nitrokms), "call", "attest", "--nonce", "00ff", "--out", str(out), "--json"],
         capture_output=True,
         env=env,
         timeout=30,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert b"DOC:\x00\xff" in done.stdout
+    assert out.read_bytes() == b"DOC:\x00\xff"
+    assert json.loads(done.stdout)["out"] == str(out)
     missing = subprocess.run(
         [str(nitrokms), "call", "health"],
         capture_output=True,

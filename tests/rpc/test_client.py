@@ -396,7 +396,7 @@ def test_close_fails_calls_in_flight_and_survives_cancellation(unix_address: Uni
         lambda c: c.seal(b"x"),
         lambda c: c.seal(b"x", handle="bad handle!"),
         lambda c: c.forget_key(None),
-        lambda c: c.set_credentials("short", "s", "us-east-1"),
+        lambda c: c.set_credentials("not an id", "s", "us-east-1"),
         lambda c: c.set_credentials(
             "AKIAIOSFODNN7EXAMPLE", "s", "us-east-1", expiration=datetime(2030, 1, 1)
         ),

@@ -4,6 +4,7 @@ and secrets kept out of logs and reprs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -372,6 +373,39 @@ def test_cli_once_pushes_and_exits_0(
     assert request.body.secret_access_key == SECRET
     captured = capsys.readouterr()
     assert SECRET not in captured.out + captured.err
+
+
+def test_cli_once_json_names_the_push_without_secrets(
+    aws_env: dict[str, str], enclave: ServerThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["credentials", "--once", "--json", "--enclave", str(enclave.address)]
+    assert main([*argv, "--region", "eu-west-3"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {
+        "pushed": True,
+        "access_key": "...MPLE",
+        "region": "eu-west-3",
+        "expiration": None,
+        "refresh_at": None,
+    }
+    assert SECRET not in captured.out + captured.err
+
+
+def test_cli_once_pushes_short_dummy_credentials(
+    aws_env: dict[str, str],
+    enclave: ServerThread,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    assert main(["credentials", "--once", "--enclave", str(enclave.address)]) == 0, (
+        capsys.readouterr().err
+    )
+    [request] = enclave.requests
+    assert isinstance(request.body, m.SetCredentialsRequest)
+    assert request.body.access_key_id == "test"
 
 
 def test_cli_once_without_credentials_exits_1(
