@@ -440,3 +440,52 @@ def test_access_denied_message_names_user_action_and_key(stranger: Any, key_id: 
         "kms:DescribeKey action"
     )
     assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+def test_key_policy_operations_take_key_ids_not_aliases(admin: Any, key_id: str) -> None:
+    alias = f"alias/policy-{key_id[:8]}"
+    admin.create_alias(AliasName=alias, TargetKeyId=key_id)
+    for ref in (alias, f"arn:aws:kms:{REGION}:{ACCOUNT}:{alias}"):
+        for call in (
+            lambda r=ref: admin.get_key_policy(KeyId=r, PolicyName="default"),
+            lambda r=ref: admin.put_key_policy(
+                KeyId=r, Policy=admin.get_key_policy(KeyId=key_id)["Policy"]
+            ),
+            lambda r=ref: admin.list_key_policies(KeyId=r),
+            lambda r=ref: admin.update_key_description(KeyId=r, Description="x"),
+            lambda r=ref: admin.disable_key(KeyId=r),
+        ):
+            with pytest.raises(ClientError) as excinfo:
+                call()
+            assert error_code(excinfo) == "NotFoundException"
+            assert excinfo.value.response["Error"]["Message"] == f"Invalid keyId '{ref}'"
+    assert admin.describe_key(KeyId=alias)["KeyMetadata"]["KeyState"] == "Enabled"
+
+
+def test_list_key_policies_and_the_policy_names(admin: Any, key_id: str) -> None:
+    reply = admin.list_key_policies(KeyId=key_id)
+    assert (reply["PolicyNames"], reply["Truncated"]) == (["default"], False)
+    assert admin.get_key_policy(KeyId=key_id)["PolicyName"] == "default"
+    with pytest.raises(ClientError) as excinfo:
+        admin.get_key_policy(KeyId=key_id, PolicyName="AWS_RAM")
+    assert error_code(excinfo) == "NotFoundException"
+
+
+def test_update_key_description(admin: Any, stranger: Any, key_id: str) -> None:
+    admin.update_key_description(KeyId=arn(key_id), Description="renamed")
+    assert admin.describe_key(KeyId=key_id)["KeyMetadata"]["Description"] == "renamed"
+    admin.update_key_description(KeyId=key_id, Description="")
+    assert admin.describe_key(KeyId=key_id)["KeyMetadata"]["Description"] == ""
+    for call, code in (
+        (lambda: admin.update_key_description(KeyId=key_id, Description="d" * 8193),
+         "ValidationException"),
+        (lambda: stranger.update_key_description(KeyId=arn(key_id), Description="mine"),
+         "AccessDeniedException"),
+    ):  # fmt: skip
+        with pytest.raises(ClientError) as excinfo:
+            call()
+        assert error_code(excinfo) == code
+    admin.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+    with pytest.raises(ClientError) as excinfo:
+        admin.update_key_description(KeyId=key_id, Description="late")
+    assert error_code(excinfo) == "KMSInvalidStateException"
