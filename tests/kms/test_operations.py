@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from nitrokms.sim.kms.responses import OPERATIONS
 
 from .conftest import ACCOUNT, REGION
 
@@ -489,3 +490,12 @@ def test_update_key_description(admin: Any, stranger: Any, key_id: str) -> None:
     with pytest.raises(ClientError) as excinfo:
         admin.update_key_description(KeyId=key_id, Description="late")
     assert error_code(excinfo) == "KMSInvalidStateException"
+
+
+def test_every_served_operation_is_in_botocores_kms_model(admin: Any) -> None:
+    model = admin.meta.service_model.operation_names
+    assert set(OPERATIONS) <= set(model)
+    assert len(OPERATIONS) == 42
+    with pytest.raises(ClientError) as excinfo:
+        admin.describe_custom_key_stores()
+    assert error_code(excinfo) == "UnknownOperationException"
