@@ -3,6 +3,7 @@ ECDH; every result cross-checked with `cryptography` against the SPKI GetPublicK
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from typing import Any
@@ -45,12 +46,17 @@ OAEP_LIMITS = {
     ("RSA_4096", "RSAES_OAEP_SHA_1"): 470,
     ("RSA_4096", "RSAES_OAEP_SHA_256"): 446,
 }
-AGREEMENT_CURVES = {
+AGREEMENT_CURVES: dict[str, type[ec.EllipticCurve]] = {
     "ECC_NIST_P256": ec.SECP256R1,
     "ECC_NIST_P384": ec.SECP384R1,
     "ECC_NIST_P521": ec.SECP521R1,
 }
-HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512, "1": hashes.SHA1}
+HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "256": hashes.SHA256,
+    "384": hashes.SHA384,
+    "512": hashes.SHA512,
+    "1": hashes.SHA1,
+}
 
 
 def _hash(algorithm: str) -> hashes.HashAlgorithm:
@@ -222,7 +228,7 @@ def test_get_public_key_of_a_symmetric_or_hmac_key_is_unsupported(admin: Any) ->
     for kwargs in ({}, {"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC"}):
         key_id = admin.create_key(**kwargs)["KeyMetadata"]["KeyId"]
         expect_error(
-            lambda k=key_id: admin.get_public_key(KeyId=k), "UnsupportedOperationException"
+            functools.partial(admin.get_public_key, KeyId=key_id), "UnsupportedOperationException"
         )
 
 
@@ -303,7 +309,8 @@ def test_derive_shared_secret_matches_ecdh_outside(
     admin: Any, key_for: Callable[..., str], spec: str
 ) -> None:
     key_id = key_for(spec, "KEY_AGREEMENT")
-    peer = ec.generate_private_key(AGREEMENT_CURVES[spec]())
+    curve: Callable[[], ec.EllipticCurve] = AGREEMENT_CURVES[spec]
+    peer = ec.generate_private_key(curve())
     peer_spki = peer.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -389,8 +396,12 @@ def test_derive_shared_secret_with_recipient_reaches_only_the_attested_enclave(
     other_image = make_document(pcrs=PCRS | {0: b"\x99" * 48})
     for extra in ({"Recipient": recipient(other_image)}, {}):
         expect_error(
-            lambda extra=extra: enclave.derive_shared_secret(
-                KeyId=key_id, KeyAgreementAlgorithm="ECDH", PublicKey=peer_spki, **extra
+            functools.partial(
+                enclave.derive_shared_secret,
+                KeyId=key_id,
+                KeyAgreementAlgorithm="ECDH",
+                PublicKey=peer_spki,
+                **extra,
             ),
             "AccessDeniedException",
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -56,6 +57,7 @@ def test_data_key_pair_of_every_spec(admin: Any, key_id: str, spec: str) -> None
     private = serialization.load_der_private_key(reply["PrivateKeyPlaintext"], None)
     kind, bits = PAIR_SPECS[spec]
     assert isinstance(private, kind)
+    assert isinstance(private, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
     assert private.key_size == bits
     assert spki_of(reply["PrivateKeyPlaintext"]) == reply["PublicKey"]
     unwrapped = admin.decrypt(
@@ -96,8 +98,8 @@ def test_data_key_pair_with_recipient_reaches_only_the_attested_enclave(
     other_image = make_document(pcrs=PCRS | {1: b"\x42" * 48})
     for extra in ({"Recipient": recipient(other_image)}, {}):
         expect_error(
-            lambda extra=extra: enclave.generate_data_key_pair(
-                KeyId=key_id, KeyPairSpec="ECC_NIST_P256", **extra
+            functools.partial(
+                enclave.generate_data_key_pair, KeyId=key_id, KeyPairSpec="ECC_NIST_P256", **extra
             ),
             "AccessDeniedException",
         )

@@ -3,6 +3,7 @@ grant tokens, who may retire or revoke, grants made through a grant, and policy 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -106,8 +107,8 @@ def test_encryption_context_constraints(
     caplog.set_level(logging.WARNING, logger="nitrokms.sim.kms")
     for context in refused:
         expect_error(
-            lambda c=context: stranger.generate_data_key(
-                KeyId=arn, KeySpec="AES_128", EncryptionContext=c
+            functools.partial(
+                stranger.generate_data_key, KeyId=arn, KeySpec="AES_128", EncryptionContext=context
             ),
             "AccessDeniedException",
         )
@@ -195,7 +196,7 @@ def test_tokens_from_elsewhere_are_invalid_grant_tokens(
     tampered = good["GrantToken"][:-2] + ("AA" if good["GrantToken"][-2:] != "AA" else "BA")
     for tokens in ([foreign], [good["GrantToken"], tampered], ["not-a-token"]):
         message = expect_error(
-            lambda t=tokens: call(admin, key_id, t), "InvalidGrantTokenException"
+            functools.partial(call, admin, key_id, tokens), "InvalidGrantTokenException"
         )
         assert message == "The grant token is invalid."
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 from typing import Any
 
@@ -39,8 +40,12 @@ def test_hmac_keys_mac_as_rfc_2104_with_their_own_material(
     tampered = bytes([reply["Mac"][0] ^ 1]) + reply["Mac"][1:]
     for bad_message, mac in ((message, tampered), (message + b"!", reply["Mac"])):
         expect_error(
-            lambda m=bad_message, t=mac: admin.verify_mac(
-                KeyId=meta["KeyId"], Message=m, Mac=t, MacAlgorithm=algorithm
+            functools.partial(
+                admin.verify_mac,
+                KeyId=meta["KeyId"],
+                Message=bad_message,
+                Mac=mac,
+                MacAlgorithm=algorithm,
             ),
             "KMSInvalidMacException",
         )

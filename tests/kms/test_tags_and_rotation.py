@@ -4,6 +4,7 @@ ciphertexts after rotation, KeyMaterialId)."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,7 @@ def test_rotation_is_for_symmetric_encryption_keys_in_a_usable_state(admin: Any)
             admin.rotate_key_on_demand,
             admin.list_key_rotations,
         ):
-            expect_error(lambda c=call, k=key_id: c(KeyId=k), "UnsupportedOperationException")
+            expect_error(functools.partial(call, KeyId=key_id), "UnsupportedOperationException")
     disabled = admin.create_key()["KeyMetadata"]
     admin.disable_key(KeyId=disabled["KeyId"])
     message = expect_error(
