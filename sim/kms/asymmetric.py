@@ -40,16 +40,11 @@ class AsymmetricOperations(Operations):
 
     def _signing(self, p: Params, caller: Credential, operation: str) -> tuple[Key, str, str]:
         """The key, algorithm and message type of a Sign or Verify, authorised and checked."""
-        key_ref = p.required_string("KeyId")
         algorithm = p.required_enum("SigningAlgorithm", SIGNING_ALGORITHMS)
         message_type = p.enum("MessageType", MESSAGE_TYPES, "RAW")
         assert message_type is not None
-        grant_ids = self.grant_ids(p)
-        key = self.store.resolve(key_ref)
         conditions = {"kms:SigningAlgorithm": algorithm, "kms:MessageType": message_type}
-        self._auth.authorise(
-            key, f"kms:{operation}", caller, grant_ids=grant_ids, conditions=conditions
-        )
+        key = self.authorised_key(p, caller, f"kms:{operation}", conditions=conditions)
         require_usage(key, SIGN_VERIFY, operation)
         if algorithm not in key.spec.signing:
             raise incompatible(algorithm, key)
@@ -71,10 +66,7 @@ class AsymmetricOperations(Operations):
         return {"KeyId": key.arn, "SignatureValid": True, "SigningAlgorithm": algorithm}
 
     def op_GetPublicKey(self, p: Params, caller: Credential) -> dict[str, Any]:
-        key_ref = p.required_string("KeyId")
-        grant_ids = self.grant_ids(p)
-        key = self.store.resolve(key_ref)
-        self._auth.authorise(key, "kms:GetPublicKey", caller, grant_ids=grant_ids)
+        key = self.authorised_key(p, caller, "kms:GetPublicKey")
         key.require_usable()
         if not key.spec.asymmetric:
             raise UnsupportedOperationException(
@@ -90,14 +82,11 @@ class AsymmetricOperations(Operations):
         }
 
     def op_DeriveSharedSecret(self, p: Params, caller: Credential) -> dict[str, Any]:
-        key_ref = p.required_string("KeyId")
         algorithm = p.required_enum("KeyAgreementAlgorithm", ("ECDH",))
         peer = p.required_blob("PublicKey", max_len=MAX_PUBLIC_KEY_BYTES)
-        grant_ids = self.grant_ids(p)
         recipient = self.recipient(p)
-        key = self.store.resolve(key_ref)
-        self._auth.authorise(
-            key, "kms:DeriveSharedSecret", caller, recipient=recipient, grant_ids=grant_ids,
+        key = self.authorised_key(
+            p, caller, "kms:DeriveSharedSecret", recipient=recipient,
             conditions={"kms:KeyAgreementAlgorithm": algorithm},
         )  # fmt: skip
         require_usage(key, KEY_AGREEMENT, "DeriveSharedSecret")
@@ -118,15 +107,12 @@ class AsymmetricOperations(Operations):
     def _data_key_pair(
         self, p: Params, caller: Credential, operation: str, *, with_plaintext: bool
     ) -> dict[str, Any]:
-        key_ref = p.required_string("KeyId")
         spec_name = p.required_enum("KeyPairSpec", DATA_KEY_PAIR_SPEC_ENUM)
         context = p.context()
-        grant_ids = self.grant_ids(p)
         recipient = self.recipient(p) if with_plaintext else None
-        key = self.store.resolve(key_ref)
-        self._auth.authorise(
-            key, f"kms:{operation}", caller, context=context, recipient=recipient,
-            grant_ids=grant_ids, conditions={"kms:DataKeyPairSpec": spec_name},
+        key = self.authorised_key(
+            p, caller, f"kms:{operation}", context=context, recipient=recipient,
+            conditions={"kms:DataKeyPairSpec": spec_name},
         )  # fmt: skip
         require_usage(key, "ENCRYPT_DECRYPT", operation)
         if not key.is_symmetric_encryption:

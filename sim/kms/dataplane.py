@@ -45,14 +45,11 @@ class DataPlane(Operations):
     )  # fmt: skip
 
     def op_Encrypt(self, p: Params, caller: Credential) -> dict[str, Any]:
-        key_ref = p.required_string("KeyId")
         plaintext = p.required_blob("Plaintext", max_len=MAX_PLAINTEXT_BYTES)
         context = p.context()
-        grant_ids = self.grant_ids(p)
         algorithm = _algorithm(p, "EncryptionAlgorithm")
-        key = self.store.resolve(key_ref)
-        self._auth.authorise(
-            key, "kms:Encrypt", caller, context=context, grant_ids=grant_ids,
+        key = self.authorised_key(
+            p, caller, "kms:Encrypt", context=context,
             conditions={"kms:EncryptionAlgorithm": algorithm},
         )  # fmt: skip
         blob, _ = seal_for(key, plaintext, context, algorithm, "Encrypt")
@@ -129,16 +126,12 @@ class DataPlane(Operations):
     def _data_key(
         self, p: Params, caller: Credential, operation: str, *, with_plaintext: bool
     ) -> dict[str, Any]:
-        key_ref = p.required_string("KeyId")
         size = _data_key_size(p)
         context = p.context()
-        grant_ids = self.grant_ids(p)
         recipient = self.recipient(p) if with_plaintext else None
-        key = self.store.resolve(key_ref)
-        self._auth.authorise(
-            key, f"kms:{operation}", caller, context=context, recipient=recipient,
-            grant_ids=grant_ids,
-        )  # fmt: skip
+        key = self.authorised_key(
+            p, caller, f"kms:{operation}", context=context, recipient=recipient
+        )
         plaintext = os.urandom(size)
         blob, material_id = seal_for(key, plaintext, context, SYMMETRIC, operation)
         dry_run(p)

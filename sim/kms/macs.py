@@ -23,14 +23,9 @@ class MacOperations(Operations):
     OPERATIONS = ("GenerateMac", "VerifyMac")
 
     def _mac_key(self, p: Params, caller: Credential, operation: str) -> tuple[Key, str]:
-        key_ref = p.required_string("KeyId")
         algorithm = p.required_enum("MacAlgorithm", MAC_ALGORITHMS)
-        grant_ids = self.grant_ids(p)
-        key = self.store.resolve(key_ref)
-        self._auth.authorise(
-            key, f"kms:{operation}", caller, grant_ids=grant_ids,
-            conditions={"kms:MacAlgorithm": algorithm},
-        )  # fmt: skip
+        conditions = {"kms:MacAlgorithm": algorithm}
+        key = self.authorised_key(p, caller, f"kms:{operation}", conditions=conditions)
         require_usage(key, GENERATE_VERIFY_MAC, operation)
         if algorithm != key.spec.mac:
             raise incompatible(algorithm, key)

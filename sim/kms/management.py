@@ -59,10 +59,7 @@ class KeyManagement(Operations):
         return {"KeyMetadata": key.metadata()}
 
     def op_DescribeKey(self, p: Params, caller: Credential) -> dict[str, Any]:
-        key_ref = p.required_string("KeyId")
-        grant_ids = self.grant_ids(p)
-        key = self.store.resolve(key_ref)
-        self._auth.authorise(key, "kms:DescribeKey", caller, grant_ids=grant_ids)
+        key = self.authorised_key(p, caller, "kms:DescribeKey")
         return {"KeyMetadata": key.metadata()}
 
     def op_ListKeys(self, p: Params, caller: Credential) -> dict[str, Any]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from nitrokms.sim.kms import grant_tokens
+from nitrokms.sim.kms.auth import Credential
 from nitrokms.sim.kms.authorizer import Authorizer
 from nitrokms.sim.kms.cms_encoder import encrypt_for_recipient
+from nitrokms.sim.kms.conditions import ConditionValue
 from nitrokms.sim.kms.exceptions import (
     DryRunOperationException,
     InvalidKeyUsageException,
@@ -49,6 +51,27 @@ class Operations:
     def grant_ids(self, p: Params) -> tuple[str, ...]:
         """The grants the request's GrantTokens name. Raises InvalidGrantTokenException."""
         return tuple(grant_tokens.grant_id_of(self.store.token_key, t) for t in p.grant_tokens())
+
+    def authorised_key(
+        self,
+        p: Params,
+        caller: Credential,
+        action: str,
+        *,
+        context: dict[str, str] | None = None,
+        recipient: Recipient | None = None,
+        conditions: Mapping[str, ConditionValue] | None = None,
+    ) -> Key:
+        """The request's KeyId (id, ARN or alias) once the key policy or a grant allows `action`,
+        its grant tokens validated on the way. Raises NotFound, InvalidGrantToken, AccessDenied."""
+        key_ref = p.required_string("KeyId")
+        grant_ids = self.grant_ids(p)
+        key = self.store.resolve(key_ref)
+        self._auth.authorise(
+            key, action, caller, context=context, recipient=recipient, conditions=conditions,
+            grant_ids=grant_ids,
+        )  # fmt: skip
+        return key
 
     def recipient(self, p: Params) -> Recipient | None:
         raw = p.raw("Recipient")
