@@ -118,6 +118,36 @@ class MissingAuthenticationTokenException(KMSServiceError):
         super().__init__(message)
 
 
+class KMSInvalidSignatureException(KMSServiceError):
+    aws_type = "KMSInvalidSignatureException"
+
+    def __init__(self, message: str = "The signature is not valid for this message.") -> None:
+        super().__init__(message)
+
+
+class KMSInvalidMacException(KMSServiceError):
+    aws_type = "KMSInvalidMacException"
+
+    def __init__(self, message: str = "The MAC is not valid for this message.") -> None:
+        super().__init__(message)
+
+
+class TagException(KMSServiceError):
+    aws_type = "TagException"
+
+
+class LimitExceededException(KMSServiceError):
+    aws_type = "LimitExceededException"
+
+
+class InvalidGrantIdException(KMSServiceError):
+    aws_type = "InvalidGrantIdException"
+
+
+class InvalidArnException(KMSServiceError):
+    aws_type = "InvalidArnException"
+
+
 class RequestEntityTooLargeException(KMSServiceError):
     aws_type = "RequestEntityTooLargeException"
     status = 413

@@ -1,108 +1,83 @@
-"""Keys, aliases and key states, persisted under the state directory.
+"""The key store: keys, aliases and grants of one account in one region, persisted on disk.
 
 The whole store is one JSON document (`keys.json`, mode 0600, key material included: this is a test
 harness). Every mutation runs under one lock and is written atomically (temporary file, fsync,
 rename, fsync of the directory) before the caller answers, so an acknowledged change survives a
-kill at any moment. Records are frozen; a mutation replaces the record.
+kill at any moment. The records themselves live in `records.py`.
+
+Automatic rotation is lazy: a key whose rotation date has passed rotates when a request next
+resolves it (time comes from `clock`, so tests can move it).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import json
+import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from nitrokms.sim.files import atomic_write
-from nitrokms.sim.kms import crypto
 from nitrokms.sim.kms.exceptions import (
     AlreadyExistsException,
-    DisabledException,
-    KMSInvalidStateException,
+    LimitExceededException,
     NotFoundException,
 )
+from nitrokms.sim.kms.keyspecs import SPECS
+from nitrokms.sim.kms.records import (
+    DISABLED,
+    ENABLED,
+    PENDING_DELETION,
+    Alias,
+    Grant,
+    Key,
+    Material,
+    Pairs,
+    grant_from_json,
+    grant_to_json,
+    key_from_json,
+    key_to_json,
+    material_id,
+)
+
+__all__ = ["DISABLED", "ENABLED", "PENDING_DELETION", "Alias", "Key", "KeyStore", "StateFileError"]
 
 STATE_FILE = "keys.json"
-STATE_VERSION = 1
-ENABLED, DISABLED, PENDING_DELETION = "Enabled", "Disabled", "PendingDeletion"
+STATE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+TOKEN_KEY_BYTES = 32
+DAY_S = 86400
 
 
 class StateFileError(Exception):
     """The state directory holds a file this version cannot read (raised at startup)."""
 
 
-@dataclass(frozen=True)
-class Key:
-    key_id: str
-    arn: str
-    account: str
-    creation_date: float
-    key_state: str
-    key_usage: str
-    key_spec: str
-    description: str
-    policy: str
-    material: bytes = field(repr=False)
-    deletion_date: float | None = None
-
-    def metadata(self) -> dict[str, Any]:
-        """DescribeKey's `KeyMetadata`."""
-        meta: dict[str, Any] = {
-            "AWSAccountId": self.account,
-            "KeyId": self.key_id,
-            "Arn": self.arn,
-            "CreationDate": self.creation_date,
-            "Enabled": self.key_state == ENABLED,
-            "Description": self.description,
-            "KeyUsage": self.key_usage,
-            "KeyState": self.key_state,
-            "Origin": "AWS_KMS",
-            "KeyManager": "CUSTOMER",
-            "CustomerMasterKeySpec": self.key_spec,
-            "KeySpec": self.key_spec,
-            "MultiRegion": False,
-        }
-        if self.key_usage == "ENCRYPT_DECRYPT":
-            meta["EncryptionAlgorithms"] = ["SYMMETRIC_DEFAULT"]
-        else:
-            meta["MacAlgorithms"] = [self.key_spec.replace("HMAC_", "HMAC_SHA_")]
-        if self.deletion_date is not None:
-            meta["DeletionDate"] = self.deletion_date
-        return meta
-
-    def require_usable(self) -> None:
-        """Raise DisabledException / KMSInvalidStateException unless the key can be used."""
-        if self.key_state == DISABLED:
-            raise DisabledException(f"{self.arn} is disabled.")
-        if self.key_state == PENDING_DELETION:
-            raise KMSInvalidStateException(f"{self.arn} is pending deletion.")
-
-
-@dataclass(frozen=True)
-class Alias:
-    name: str
-    target_key_id: str
-    creation_date: float
-    last_updated: float
-
-
 class KeyStore:
-    """The key and alias registry of one account in one region."""
+    """The key, alias and grant registry of one account in one region."""
 
-    def __init__(self, state_dir: Path, *, region: str, account: str) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        region: str,
+        account: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.region = region
         self.account = account
+        self._clock = clock
         self._path = Path(state_dir) / STATE_FILE
         self._lock = threading.RLock()
         self._keys: dict[str, Key] = {}
         self._aliases: dict[str, Alias] = {}
+        self._grants: dict[str, Grant] = {}
+        self._token_key = os.urandom(TOKEN_KEY_BYTES)
         Path(state_dir).mkdir(parents=True, exist_ok=True)
         self._load()
 
@@ -112,22 +87,34 @@ class KeyStore:
     def alias_arn(self, name: str) -> str:
         return f"arn:aws:kms:{self.region}:{self.account}:{name}"
 
+    def now(self) -> float:
+        return round(self._clock(), 3)
+
+    @property
+    def token_key(self) -> bytes:
+        """The secret that authenticates this store's grant tokens (persisted with the keys)."""
+        return self._token_key
+
     # ----- reads
 
-    def resolve(self, key_ref: str) -> Key:
-        """Find a key by id, key ARN, alias name or alias ARN. Raises NotFoundException."""
+    def resolve(self, key_ref: str, *, allow_alias: bool = True) -> Key:
+        """Find a key by id or key ARN (and, with `allow_alias`, alias name or alias ARN); a key
+        whose automatic rotation is due rotates first. Raises NotFoundException."""
         with self._lock:
-            if key_ref.startswith("alias/") or ":alias/" in key_ref:
-                return self._resolve_alias(key_ref)
-            key_id = self._key_id_from_ref(key_ref)
-            key = self._keys.get(key_id)
-            if key is None:
-                raise NotFoundException(f"Key '{self.key_arn(key_id)}' does not exist")
-            return key
+            if allow_alias and (key_ref.startswith("alias/") or ":alias/" in key_ref):
+                key = self._resolve_alias(key_ref)
+            else:
+                key_id = self._key_id_from_ref(key_ref)
+                found = self._keys.get(key_id)
+                if found is None:
+                    raise NotFoundException(f"Key '{self.key_arn(key_id)}' does not exist")
+                key = found
+            return self._rotate_if_due(key)
 
     def get(self, key_id: str) -> Key | None:
         with self._lock:
-            return self._keys.get(key_id)
+            key = self._keys.get(key_id)
+            return None if key is None else self._rotate_if_due(key)
 
     def all_keys(self) -> list[Key]:
         with self._lock:
@@ -137,21 +124,40 @@ class KeyStore:
         with self._lock:
             return sorted(self._aliases.values(), key=lambda a: a.name)
 
+    def alias(self, name: str) -> Alias:
+        with self._lock:
+            return self._require_alias(name)
+
+    def grant(self, grant_id: str) -> Grant | None:
+        with self._lock:
+            return self._grants.get(grant_id)
+
+    def grants(self, key_id: str | None = None) -> list[Grant]:
+        """Grants of one key (or of every key), oldest first."""
+        with self._lock:
+            found = [g for g in self._grants.values() if key_id in (None, g.key_id)]
+        return sorted(found, key=lambda g: (g.creation_date, g.grant_id))
+
     # ----- mutations (each persisted before returning)
 
-    def create_key(self, *, key_usage: str, key_spec: str, description: str, policy: str) -> Key:
+    def create_key(
+        self, *, key_usage: str, key_spec: str, description: str, policy: str, tags: Pairs = ()
+    ) -> Key:
         key_id = str(uuid.uuid4())
+        secret = SPECS[key_spec].new_material()  # RSA generation is slow: outside the lock
+        now = self.now()
         key = Key(
             key_id=key_id,
             arn=self.key_arn(key_id),
             account=self.account,
-            creation_date=round(time.time(), 3),
+            creation_date=now,
             key_state=ENABLED,
             key_usage=key_usage,
             key_spec=key_spec,
             description=description,
             policy=policy,
-            material=crypto.new_key_material(),
+            materials=(Material(material_id(key_id, secret), secret, now),),
+            tags=tags,
         )
         with self._mutation():
             self._keys[key_id] = key
@@ -163,8 +169,18 @@ class KeyStore:
             self._keys[key_id] = key
         return key
 
+    def rotate(self, key_id: str, rotation: str, **changes: Any) -> Key:
+        """Append a fresh material version (AUTOMATIC or ON_DEMAND) and apply `changes`."""
+        with self._mutation():
+            key = self._keys[key_id]
+            secret = key.spec.new_material()
+            material = Material(material_id(key_id, secret), secret, self.now(), rotation)
+            key = dataclasses.replace(key, materials=(*key.materials, material), **changes)
+            self._keys[key_id] = key
+        return key
+
     def create_alias(self, name: str, key_id: str) -> Alias:
-        now = round(time.time(), 3)
+        now = self.now()
         with self._mutation():
             if name in self._aliases:
                 raise AlreadyExistsException(
@@ -178,7 +194,7 @@ class KeyStore:
         with self._mutation():
             alias = self._require_alias(name)
             self._aliases[name] = dataclasses.replace(
-                alias, target_key_id=key_id, last_updated=round(time.time(), 3)
+                alias, target_key_id=key_id, last_updated=self.now()
             )
 
     def delete_alias(self, name: str) -> Alias:
@@ -187,11 +203,38 @@ class KeyStore:
             del self._aliases[name]
         return alias
 
-    def alias(self, name: str) -> Alias:
-        with self._lock:
-            return self._require_alias(name)
+    def add_grant(self, grant: Grant, *, limit: int) -> Grant:
+        """Store `grant`, or return the existing grant of the same key, name and parameters.
+
+        Raises LimitExceededException when the key already holds `limit` grants.
+        """
+        with self._mutation():
+            same_key = [g for g in self._grants.values() if g.key_id == grant.key_id]
+            if grant.name is not None:
+                for existing in same_key:
+                    if existing.name == grant.name and existing.same_parameters(grant):
+                        return existing
+            if len(same_key) >= limit:
+                raise LimitExceededException(
+                    f"{grant.key_arn} already has the maximum of {limit} grants."
+                )
+            self._grants[grant.grant_id] = grant
+        return grant
+
+    def delete_grant(self, grant_id: str) -> None:
+        with self._mutation():
+            self._grants.pop(grant_id, None)
 
     # ----- internals
+
+    def _rotate_if_due(self, key: Key) -> Key:
+        now = self._clock()
+        due = key.next_rotation
+        if due is None or key.key_state != ENABLED or now < due:
+            return key
+        period_s = (key.rotation_period_days or 365) * DAY_S
+        following = due + period_s if due + period_s > now else now + period_s
+        return self.rotate(key.key_id, "AUTOMATIC", next_rotation=round(following, 3))
 
     def _key_id_from_ref(self, key_ref: str) -> str:
         if key_ref.startswith("arn:"):
@@ -229,12 +272,12 @@ class KeyStore:
     def _mutation(self) -> Iterator[None]:
         """Apply a change under the lock and persist it; on a failed write, roll the change back."""
         with self._lock:
-            keys, aliases = dict(self._keys), dict(self._aliases)
+            saved = dict(self._keys), dict(self._aliases), dict(self._grants)
             try:
                 yield
                 self._save()
             except BaseException:
-                self._keys, self._aliases = keys, aliases
+                self._keys, self._aliases, self._grants = saved
                 raise
 
     def _save(self) -> None:
@@ -242,8 +285,10 @@ class KeyStore:
             "version": STATE_VERSION,
             "region": self.region,
             "account": self.account,
-            "keys": [_key_to_json(k) for k in self._keys.values()],
+            "token_key": self._token_key.hex(),
+            "keys": [key_to_json(k) for k in self._keys.values()],
             "aliases": [dataclasses.asdict(a) for a in self._aliases.values()],
+            "grants": [grant_to_json(g) for g in self._grants.values()],
         }
         atomic_write(self._path, json.dumps(document, indent=1).encode())
 
@@ -254,23 +299,16 @@ class KeyStore:
             return
         try:
             document = json.loads(raw)
-            if document.get("version") != STATE_VERSION:
-                raise ValueError(f"unsupported state version {document.get('version')!r}")
-            keys = [_key_from_json(k) for k in document["keys"]]
+            version = document.get("version")
+            if version not in READABLE_VERSIONS:
+                raise ValueError(f"unsupported state version {version!r}")
+            keys = [key_from_json(k, version) for k in document["keys"]]
             aliases = [Alias(**a) for a in document["aliases"]]
-        except (ValueError, KeyError, TypeError) as exc:
+            grants = [grant_from_json(g) for g in document.get("grants", [])]
+            token_key = bytes.fromhex(document.get("token_key", self._token_key.hex()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StateFileError(f"state file {self._path} is unreadable: {exc}") from None
         self._keys = {k.key_id: k for k in keys}
         self._aliases = {a.name: a for a in aliases}
-
-
-def _key_to_json(key: Key) -> dict[str, Any]:
-    record = dataclasses.asdict(key)
-    record["material"] = base64.b64encode(key.material).decode()
-    return record
-
-
-def _key_from_json(record: dict[str, Any]) -> Key:
-    record = dict(record)
-    record["material"] = base64.b64decode(record["material"], validate=True)
-    return Key(**record)
+        self._grants = {g.grant_id: g for g in grants}
+        self._token_key = token_key

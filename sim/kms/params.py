@@ -66,6 +66,12 @@ class Params:
             )
         return value
 
+    def required_enum(self, name: str, allowed: Collection[str]) -> str:
+        value = self.enum(name, allowed)
+        if value is None:
+            raise constraint_error(name, None, "not be null")
+        return value
+
     def blob(self, name: str, *, required: bool = False, max_len: int) -> bytes | None:
         text = self._raw.get(name)
         if text is None:
@@ -118,11 +124,11 @@ class Params:
                 raise ValidationException(f"{name} must map non-empty strings to strings")
         return dict(value)
 
-    def grant_tokens(self) -> None:
-        """Validate GrantTokens (otherwise ignored). Raises InvalidGrantTokenException."""
+    def grant_tokens(self) -> list[str]:
+        """GrantTokens, checked for shape only. Raises InvalidGrantTokenException."""
         value = self._raw.get("GrantTokens")
         if value is None:
-            return
+            return []
         if not isinstance(value, list) or len(value) > MAX_GRANT_TOKENS:
             raise InvalidGrantTokenException(
                 f"GrantTokens must be a list of at most {MAX_GRANT_TOKENS} tokens"
@@ -130,6 +136,25 @@ class Params:
         for token in value:
             if not isinstance(token, str) or not 1 <= len(token) <= MAX_GRANT_TOKEN_CHARS:
                 raise InvalidGrantTokenException("The grant token is invalid.")
+        return list(value)
+
+    def string_list(self, name: str, *, max_items: int, max_len: int) -> list[str] | None:
+        """A list of 1..`max_len`-character strings (at most `max_items` of them)."""
+        value = self._raw.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, list) or len(value) > max_items:
+            raise ValidationException(f"{name} must be a list of at most {max_items} strings")
+        for index, item in enumerate(value, 1):
+            if not isinstance(item, str):
+                raise ValidationException(f"{name} must be a list of strings")
+            if not 1 <= len(item) <= max_len:
+                raise constraint_error(
+                    f"{name}.{index}.member",
+                    item,
+                    f"have length between 1 and {max_len}, inclusive",
+                )
+        return list(value)
 
     def raw(self, name: str) -> Any:
         return self._raw.get(name)

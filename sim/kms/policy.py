@@ -1,13 +1,9 @@
 """Key-policy parsing and evaluation, with an explanation for every decision.
 
 The subset of IAM policy grammar a key policy needs: statements (one or a list) with Effect,
-Principal/NotPrincipal, Action/NotAction, Resource/NotResource and Condition. Condition operators:
-String(Not)Equals, String(Not)EqualsIgnoreCase, String(Not)Like, Arn(Not)Equals/Like, Bool, Null,
-each with an optional `IfExists` suffix. Values in one condition are OR-ed; keys and operators are
-AND-ed. An explicit Deny wins; otherwise at least one Allow must apply; the default is deny.
-Condition key names are case-insensitive (the request context is keyed by lower-cased names);
-values compare case-sensitively except for the IgnoreCase operators. Multi-valued keys and the
-ForAnyValue/ForAllValues qualifiers are not supported and are refused when a policy is stored.
+Principal/NotPrincipal, Action/NotAction, Resource/NotResource and Condition (operators and the
+request context in `conditions.py`). Conditions are AND-ed. An explicit Deny wins; otherwise at
+least one Allow must apply; the default is deny.
 """
 
 from __future__ import annotations
@@ -15,11 +11,14 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from nitrokms.sim.kms.conditions import Condition, RequestContext, glob, parse_conditions
 from nitrokms.sim.kms.exceptions import MalformedPolicyDocumentException
+
+__all__ = ["Decision", "PolicyDocument", "RequestContext", "default_policy", "principal_matches"]
 
 _Matcher = Callable[[Sequence[str]], bool]  # patterns -> does the request match any of them
 
@@ -48,93 +47,10 @@ def default_policy(account: str) -> str:
 
 
 @dataclass(frozen=True)
-class RequestContext:
-    """What a policy is evaluated against; `conditions` keys are lower-case condition key names.
-
-    `absent_reasons` maps a lower-case key prefix to why keys under it are missing (for example an
-    attestation document that failed verification), so an explanation can say so.
-    """
-
-    action: str
-    principal_arn: str
-    resource: str
-    conditions: Mapping[str, str]
-    absent_reasons: Mapping[str, str] = field(default_factory=dict)
-
-    def lookup(self, key: str) -> str | None:
-        return self.conditions.get(key.lower())
-
-    def why_absent(self, key: str) -> str:
-        lowered = key.lower()
-        for prefix, reason in self.absent_reasons.items():
-            if lowered.startswith(prefix):
-                return f"absent: {reason}"
-        return "absent from the request"
-
-
-@dataclass(frozen=True)
 class Decision:
     allowed: bool
     explicit_deny: bool
     explanation: str
-
-
-@functools.lru_cache(maxsize=1024)
-def _glob(pattern: str, *, ignore_case: bool) -> re.Pattern[str]:
-    """IAM wildcards: `*` is any run of characters, `?` any one character; nothing else."""
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(regex, re.DOTALL | (re.IGNORECASE if ignore_case else 0))
-
-
-def _string_ops() -> dict[str, Callable[[str, str], bool]]:
-    return {
-        "StringEquals": lambda want, got: want == got,
-        "StringEqualsIgnoreCase": lambda want, got: want.lower() == got.lower(),
-        "StringLike": lambda want, got: _glob(want, ignore_case=False).fullmatch(got) is not None,
-        "ArnEquals": lambda want, got: want == got,
-        "ArnLike": lambda want, got: _glob(want, ignore_case=False).fullmatch(got) is not None,
-        "Bool": lambda want, got: want.lower() == got.lower(),
-    }
-
-
-_POSITIVE = _string_ops()
-_NEGATED = {
-    "StringNotEquals": "StringEquals",
-    "StringNotEqualsIgnoreCase": "StringEqualsIgnoreCase",
-    "StringNotLike": "StringLike",
-    "ArnNotEquals": "ArnEquals",
-    "ArnNotLike": "ArnLike",
-}
-OPERATORS = frozenset([*_POSITIVE, *_NEGATED, "Null"])
-
-
-@dataclass(frozen=True)
-class Condition:
-    operator: str
-    key: str
-    values: tuple[str, ...]
-
-    @property
-    def base_operator(self) -> str:
-        return self.operator.removesuffix("IfExists")
-
-    def holds(self, ctx: RequestContext) -> bool:
-        actual = ctx.lookup(self.key)
-        base = self.base_operator
-        if base == "Null":
-            return any((actual is None) == (v.lower() == "true") for v in self.values)
-        if actual is None:
-            return self.operator.endswith("IfExists") or base in _NEGATED
-        if base in _NEGATED:
-            test = _POSITIVE[_NEGATED[base]]
-            return not any(test(v, actual) for v in self.values)
-        return any(_POSITIVE[base](v, actual) for v in self.values)
-
-    def describe(self, ctx: RequestContext) -> str:
-        actual = ctx.lookup(self.key)
-        got = repr(actual) if actual is not None else ctx.why_absent(self.key)
-        want = self.values[0] if len(self.values) == 1 else list(self.values)
-        return f"{self.operator} {self.key} {want!r} (request: {got})"
 
 
 @dataclass(frozen=True)
@@ -252,7 +168,7 @@ def _parse_statement(index: int, raw: Any) -> Statement:
         not_actions=fields["NotAction"],
         resources=fields["Resource"],
         not_resources=fields["NotResource"],
-        conditions=_conditions(raw.get("Condition"), label),
+        conditions=parse_conditions(raw.get("Condition"), label),
     )
 
 
@@ -282,41 +198,8 @@ def _principals(value: Any, label: str) -> tuple[str, ...] | None:
     return tuple(found)
 
 
-def _conditions(value: Any, label: str) -> tuple[Condition, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, dict):
-        raise MalformedPolicyDocumentException(f"{label}: Condition must be a map")
-    found: list[Condition] = []
-    for operator, block in value.items():
-        if not isinstance(operator, str) or operator.removesuffix("IfExists") not in OPERATORS:
-            raise MalformedPolicyDocumentException(
-                f"{label}: unsupported condition operator {operator!r}"
-            )
-        if not isinstance(block, dict) or not block:
-            raise MalformedPolicyDocumentException(f"{label}: {operator} must map keys to values")
-        for key, raw in block.items():
-            found.append(Condition(operator, key, _condition_values(raw, label, operator)))
-    return tuple(found)
-
-
-def _condition_values(raw: Any, label: str, operator: str) -> tuple[str, ...]:
-    items = raw if isinstance(raw, list) else [raw]
-    values: list[str] = []
-    for item in items:
-        if isinstance(item, bool):
-            values.append("true" if item else "false")
-        elif isinstance(item, str | int) and not isinstance(item, bool):
-            values.append(str(item))
-        else:
-            raise MalformedPolicyDocumentException(f"{label}: bad value in {operator}")
-    if not values:
-        raise MalformedPolicyDocumentException(f"{label}: {operator} has no values")
-    return tuple(values)
-
-
 def _any_glob(patterns: Sequence[str], value: str, ignore_case: bool) -> bool:
-    return any(_glob(p, ignore_case=ignore_case).fullmatch(value) for p in patterns)
+    return any(glob(p, ignore_case=ignore_case).fullmatch(value) for p in patterns)
 
 
 def _any_principal(patterns: Sequence[str], principal_arn: str) -> bool:

@@ -2,9 +2,8 @@
 
 `KMSApplication.handle` is sans-I/O: it takes the received request (method, target, headers, body)
 and returns the HTTP status and JSON body; the server only moves bytes. It authenticates (SigV4),
-finds the operation, parses the JSON and hands it to the control plane (`management.py`) or the
-data plane (`dataplane.py`). Order of checks inside every key operation: parameters -> key lookup ->
-key policy (AccessDeniedException, the denial logged) -> key state and usage -> the work -> DryRun.
+finds the operation, parses the JSON and hands it to the group of operations that serves it
+(`OPERATION_GROUPS`; the order of checks inside every operation is in `operations.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from nitrokms.sim.kms.aliases import AliasOperations
+from nitrokms.sim.kms.asymmetric import AsymmetricOperations
 from nitrokms.sim.kms.auth import Credential, ReceivedRequest, SigV4Verifier
 from nitrokms.sim.kms.authorizer import Authorizer
 from nitrokms.sim.kms.dataplane import DataPlane
@@ -25,23 +26,25 @@ from nitrokms.sim.kms.exceptions import (
     SerializationException,
     UnknownOperationException,
 )
+from nitrokms.sim.kms.grants import GrantOperations
+from nitrokms.sim.kms.macs import MacOperations
 from nitrokms.sim.kms.management import KeyManagement
 from nitrokms.sim.kms.models import KeyStore
+from nitrokms.sim.kms.operations import Operations
 from nitrokms.sim.kms.params import Params
 from nitrokms.sim.kms.recipient import RecipientReader
+from nitrokms.sim.kms.rotation import RotationOperations
+from nitrokms.sim.kms.tags import TagOperations
 
 log = logging.getLogger("nitrokms.sim.kms")
 
 TARGET_PREFIX = "TrentService."
 JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
-MANAGEMENT_OPERATIONS = (
-    "CreateKey", "DescribeKey", "ListKeys", "EnableKey", "DisableKey", "ScheduleKeyDeletion",
-    "CancelKeyDeletion", "GetKeyPolicy", "PutKeyPolicy", "CreateAlias", "UpdateAlias",
-    "DeleteAlias", "ListAliases",
+OPERATION_GROUPS: tuple[type[Operations], ...] = (
+    KeyManagement, AliasOperations, TagOperations, RotationOperations, GrantOperations,
+    DataPlane, AsymmetricOperations, MacOperations,
 )  # fmt: skip
-DATA_OPERATIONS = (
-    "Encrypt", "Decrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "GenerateRandom",
-)  # fmt: skip
+OPERATIONS = tuple(name for group in OPERATION_GROUPS for name in group.OPERATIONS)
 
 Operation = Callable[[Params, Credential], dict[str, Any]]
 
@@ -68,12 +71,11 @@ class KMSApplication:
     ) -> None:
         self.store = store
         self._verifier = verifier
-        authorizer = Authorizer()
-        management = KeyManagement(store, authorizer)
-        data = DataPlane(store, authorizer, recipients, encrypt_for_recipient)
-        self._operations: dict[str, Operation] = {
-            name: getattr(management, f"op_{name}") for name in MANAGEMENT_OPERATIONS
-        } | {name: getattr(data, f"op_{name}") for name in DATA_OPERATIONS}
+        authorizer = Authorizer(store.grants)
+        self._operations: dict[str, Operation] = {}
+        for group in OPERATION_GROUPS:
+            handler = group(store, authorizer, recipients, encrypt_for_recipient)
+            self._operations |= {name: getattr(handler, f"op_{name}") for name in group.OPERATIONS}
 
     def handle(self, request: ReceivedRequest) -> Response:
         """Answer one request; every failure becomes a KMS error reply, never an exception."""

@@ -235,6 +235,7 @@ class LocalKMS:
     `attestation_root` is the PEM (or DER) root that Recipient documents must chain to;
     `log_timing` logs each request's handling time (see the module docstring).
     `fault_plan` (a JSON file, see `faults.py`) scripts faults for the requests to come.
+    `clock` is the key store's time (rotation schedules), for tests that move it.
     """
 
     def __init__(
@@ -252,6 +253,7 @@ class LocalKMS:
         encrypt_for_recipient: Callable[[bytes, bytes], bytes] | None = None,
         log_timing: bool = False,
         fault_plan: Path | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not credentials:
             raise ValueError("the local KMS needs at least one credential")
@@ -259,7 +261,7 @@ class LocalKMS:
         self.region = region
         self._address = (host, port)
         self._log_timing = log_timing
-        self.store = KeyStore(self.state_dir, region=region, account=account)
+        self.store = KeyStore(self.state_dir, region=region, account=account, clock=clock)
         self.app = KMSApplication(
             self.store,
             SigV4Verifier(credentials, region=region),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -9,6 +10,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from nitrokms.sim.kms.auth import Credential
@@ -33,6 +35,47 @@ MODULE_ID = "i-0123456789abcdef0-enc0123456789abcdef"
 PCRS = {i: bytes([i + 1]) * 48 for i in range(16)}
 PCRS.update({i: bytes(48) for i in range(5, 16)})
 DEBUG_PCRS = dict(PCRS) | {0: bytes(48), 1: bytes(48), 2: bytes(48)}
+
+
+def expect_error(call: Callable[[], Any], code: str) -> str:
+    """Run a client call that must fail with `code`; return the error message."""
+    with pytest.raises(ClientError) as excinfo:
+        call()
+    error = excinfo.value.response["Error"]
+    assert error["Code"] == code, error
+    return str(error["Message"])
+
+
+def statement(principal: str, actions: str | list[str], **extra: Any) -> dict[str, Any]:
+    """An Allow statement for `principal` on the key (`extra` adds Sid, Condition, Effect...)."""
+    return {
+        "Effect": "Allow",
+        "Principal": {"AWS": principal},
+        "Action": actions,
+        "Resource": "*",
+    } | extra
+
+
+def policy_of(*statements: dict[str, Any]) -> str:
+    """A key policy: the admin keeps kms:* (so tests can tidy up), plus `statements`."""
+    admin = statement(ADMIN.principal_arn, "kms:*", Sid="Admin")
+    return json.dumps({"Version": "2012-10-17", "Statement": [admin, *statements]})
+
+
+ENCLAVE_ROLE = f"arn:aws:iam::{ACCOUNT}:role/EnclaveRole"
+
+
+def attested_statement(actions: str | list[str]) -> dict[str, Any]:
+    """The enclave role may call `actions` only with a Recipient document showing PCRS[0..1]."""
+    pins = {
+        "kms:RecipientAttestation:ImageSha384": PCRS[0].hex(),
+        "kms:RecipientAttestation:PCR1": PCRS[1].hex(),
+    }
+    return statement(ENCLAVE_ROLE, actions, Sid="Enclave", Condition={"StringEquals": pins})
+
+
+def recipient(document: bytes, algorithm: str = "RSAES_OAEP_SHA_256") -> dict[str, Any]:
+    return {"KeyEncryptionAlgorithm": algorithm, "AttestationDocument": document}
 
 
 def client_for(url: str, ca: Path, credential: Credential, **config: Any) -> Any:

@@ -7,15 +7,18 @@ import uuid
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from nitrokms.sim.kms import crypto
+from nitrokms.sim.kms import algorithms, crypto, grant_tokens
 from nitrokms.sim.kms.auth import Credential, ReceivedRequest, SigV4Verifier
 from nitrokms.sim.kms.exceptions import (
     InvalidCiphertextException,
+    InvalidGrantTokenException,
     KMSServiceError,
     ValidationException,
 )
+from nitrokms.sim.kms.keyspecs import SPECS
 from nitrokms.sim.kms.recipient import RecipientReader
 from nitrokms.sim.nsm.pki import SimulatedPKI
 
@@ -40,7 +43,11 @@ def test_blob_key_id_is_authenticated() -> None:
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.binary(max_size=200) | st.binary(max_size=100).map(lambda b: crypto.MAGIC + b"\x01" + b))
+@given(
+    st.binary(max_size=200)
+    | st.binary(max_size=100).map(lambda b: crypto.MAGIC + b"\x01" + b)
+    | st.binary(max_size=100).map(lambda b: crypto.MAGIC + b"\x02" + b)
+)
 def test_any_bytes_open_or_are_invalid_ciphertext(data: bytes) -> None:
     try:
         crypto.open_blob(MATERIAL, data, None)
@@ -57,6 +64,80 @@ def test_one_flipped_bit_anywhere_is_invalid_ciphertext(data: st.DataObject) -> 
     blob[index // 8] ^= 1 << (index % 8)
     with pytest.raises(InvalidCiphertextException):
         crypto.open_blob(MATERIAL, bytes(blob), {"k": "v"})
+
+
+def test_material_version_is_authenticated_and_legacy_blobs_open() -> None:
+    blob = crypto.seal(MATERIAL, KEY_ID, b"payload", None, material_version=3)
+    header = crypto.read_header(blob)
+    assert (header.key_id, header.material_version) == (KEY_ID, 3)
+    tampered = bytearray(blob)
+    tampered[len(crypto.MAGIC) + 1 + 16 + 3] = 4
+    assert crypto.read_header(bytes(tampered)).material_version == 4
+    with pytest.raises(InvalidCiphertextException):
+        crypto.open_blob(MATERIAL, bytes(tampered), None)
+    nonce = bytes(12)
+    legacy_header = crypto.MAGIC + b"\x01" + uuid.UUID(KEY_ID).bytes + nonce
+    legacy = legacy_header + AESGCM(MATERIAL).encrypt(nonce, b"old", legacy_header)
+    assert crypto.read_header(legacy).material_version == 0
+    assert crypto.open_blob(MATERIAL, legacy, None) == b"old"
+
+
+TOKEN_KEY = bytes(range(32))
+GRANT_ID = "ab" * 32
+
+
+def test_grant_token_round_trip_and_uniqueness() -> None:
+    first = grant_tokens.issue(TOKEN_KEY, GRANT_ID)
+    second = grant_tokens.issue(TOKEN_KEY, GRANT_ID)
+    assert first != second
+    assert grant_tokens.grant_id_of(TOKEN_KEY, first) == GRANT_ID
+    assert grant_tokens.grant_id_of(TOKEN_KEY, second) == GRANT_ID
+    with pytest.raises(InvalidGrantTokenException):
+        grant_tokens.grant_id_of(bytes(32), first)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.text(max_size=200)
+    | st.binary(min_size=80, max_size=82).map(lambda b: base64.urlsafe_b64encode(b).decode())
+)
+def test_any_string_is_a_grant_token_of_ours_or_invalid(token: str) -> None:
+    with pytest.raises(InvalidGrantTokenException):
+        grant_tokens.grant_id_of(TOKEN_KEY, token)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_one_changed_character_makes_a_token_invalid(data: st.DataObject) -> None:
+    token = grant_tokens.issue(TOKEN_KEY, GRANT_ID)
+    index = data.draw(st.integers(0, len(token) - 1))
+    replacement = data.draw(
+        st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz-_=")
+    )
+    assume(replacement != token[index])
+    changed = token[:index] + replacement + token[index + 1 :]
+    with pytest.raises(InvalidGrantTokenException):
+        grant_tokens.grant_id_of(TOKEN_KEY, changed)
+
+
+P256_MATERIAL = SPECS["ECC_NIST_P256"].new_material()
+P256_PEER = algorithms.public_key_der(SPECS["ECC_NIST_P256"].new_material(), cache=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.data())
+def test_any_peer_public_key_derives_or_is_a_validation_error(
+    junk: bytes, data: st.DataObject
+) -> None:
+    index = data.draw(st.integers(0, len(P256_PEER) - 1))
+    byte = bytes([data.draw(st.integers(0, 255))])
+    corrupted = P256_PEER[:index] + byte + P256_PEER[index + 1 :]
+    for peer in (junk, corrupted):
+        try:
+            secret = algorithms.derive_shared_secret(P256_MATERIAL, peer)
+        except ValidationException:
+            continue
+        assert len(secret) == 32
 
 
 VERIFIER = SigV4Verifier([Credential("AKID", "secret")], region="us-east-1")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
+from nitrokms.sim.kms.responses import OPERATIONS
 
 from .conftest import ACCOUNT, REGION
 
@@ -61,9 +62,15 @@ def test_create_key_default_policy_gives_account_root_everything(admin: Any, key
 @pytest.mark.parametrize(
     ("kwargs", "code"),
     [
-        ({"KeySpec": "RSA_2048", "KeyUsage": "ENCRYPT_DECRYPT"}, "UnsupportedOperationException"),
+        ({"KeySpec": "SM2", "KeyUsage": "SIGN_VERIFY"}, "UnsupportedOperationException"),
+        ({"KeySpec": "ML_DSA_44", "KeyUsage": "SIGN_VERIFY"}, "UnsupportedOperationException"),
         ({"KeySpec": "NOT_A_SPEC"}, "ValidationException"),
         ({"KeySpec": "HMAC_256", "KeyUsage": "ENCRYPT_DECRYPT"}, "ValidationException"),
+        ({"KeySpec": "HMAC_256"}, "ValidationException"),
+        ({"KeySpec": "ECC_NIST_P256", "KeyUsage": "ENCRYPT_DECRYPT"}, "ValidationException"),
+        ({"KeySpec": "ECC_SECG_P256K1", "KeyUsage": "KEY_AGREEMENT"}, "ValidationException"),
+        ({"KeySpec": "RSA_2048", "KeyUsage": "KEY_AGREEMENT"}, "ValidationException"),
+        ({"KeySpec": "RSA_2048"}, "ValidationException"),
         ({"Policy": "{not json"}, "MalformedPolicyDocumentException"),
         (
             {"Policy": json.dumps({"Statement": [{"Effect": "Maybe"}]})},
@@ -247,7 +254,7 @@ def test_put_key_policy_refuses_malformed_policy(admin: Any, key_id: str) -> Non
                     "Principal": "*",
                     "Action": "kms:*",
                     "Resource": "*",
-                    "Condition": {"NumericEquals": {"a": "1"}},
+                    "Condition": {"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}},
                 }
             ]
         }
@@ -417,9 +424,11 @@ def test_malformed_grant_tokens(admin: Any, key_id: str, tokens: list[str]) -> N
     assert error_code(excinfo) == "InvalidGrantTokenException"
 
 
-def test_well_formed_grant_tokens_are_accepted(admin: Any, key_id: str) -> None:
-    reply = admin.encrypt(KeyId=key_id, Plaintext=b"x", GrantTokens=["t" * 8192] * 10)
-    assert reply["KeyId"] == arn(key_id)
+def test_grant_tokens_this_kms_did_not_issue_are_invalid(admin: Any, key_id: str) -> None:
+    with pytest.raises(ClientError) as excinfo:
+        admin.encrypt(KeyId=key_id, Plaintext=b"x", GrantTokens=["t" * 8192] * 10)
+    assert error_code(excinfo) == "InvalidGrantTokenException"
+    assert excinfo.value.response["Error"]["Message"] == "The grant token is invalid."
 
 
 def test_access_denied_message_names_user_action_and_key(stranger: Any, key_id: str) -> None:
@@ -432,3 +441,61 @@ def test_access_denied_message_names_user_action_and_key(stranger: Any, key_id: 
         "kms:DescribeKey action"
     )
     assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+def test_key_policy_operations_take_key_ids_not_aliases(admin: Any, key_id: str) -> None:
+    alias = f"alias/policy-{key_id[:8]}"
+    admin.create_alias(AliasName=alias, TargetKeyId=key_id)
+    for ref in (alias, f"arn:aws:kms:{REGION}:{ACCOUNT}:{alias}"):
+        for call in (
+            lambda r=ref: admin.get_key_policy(KeyId=r, PolicyName="default"),
+            lambda r=ref: admin.put_key_policy(
+                KeyId=r, Policy=admin.get_key_policy(KeyId=key_id)["Policy"]
+            ),
+            lambda r=ref: admin.list_key_policies(KeyId=r),
+            lambda r=ref: admin.update_key_description(KeyId=r, Description="x"),
+            lambda r=ref: admin.disable_key(KeyId=r),
+        ):
+            with pytest.raises(ClientError) as excinfo:
+                call()
+            assert error_code(excinfo) == "NotFoundException"
+            assert excinfo.value.response["Error"]["Message"] == f"Invalid keyId '{ref}'"
+    assert admin.describe_key(KeyId=alias)["KeyMetadata"]["KeyState"] == "Enabled"
+
+
+def test_list_key_policies_and_the_policy_names(admin: Any, key_id: str) -> None:
+    reply = admin.list_key_policies(KeyId=key_id)
+    assert (reply["PolicyNames"], reply["Truncated"]) == (["default"], False)
+    assert admin.get_key_policy(KeyId=key_id)["PolicyName"] == "default"
+    with pytest.raises(ClientError) as excinfo:
+        admin.get_key_policy(KeyId=key_id, PolicyName="AWS_RAM")
+    assert error_code(excinfo) == "NotFoundException"
+
+
+def test_update_key_description(admin: Any, stranger: Any, key_id: str) -> None:
+    admin.update_key_description(KeyId=arn(key_id), Description="renamed")
+    assert admin.describe_key(KeyId=key_id)["KeyMetadata"]["Description"] == "renamed"
+    admin.update_key_description(KeyId=key_id, Description="")
+    assert admin.describe_key(KeyId=key_id)["KeyMetadata"]["Description"] == ""
+    for call, code in (
+        (lambda: admin.update_key_description(KeyId=key_id, Description="d" * 8193),
+         "ValidationException"),
+        (lambda: stranger.update_key_description(KeyId=arn(key_id), Description="mine"),
+         "AccessDeniedException"),
+    ):  # fmt: skip
+        with pytest.raises(ClientError) as excinfo:
+            call()
+        assert error_code(excinfo) == code
+    admin.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+    with pytest.raises(ClientError) as excinfo:
+        admin.update_key_description(KeyId=key_id, Description="late")
+    assert error_code(excinfo) == "KMSInvalidStateException"
+
+
+def test_every_served_operation_is_in_botocores_kms_model(admin: Any) -> None:
+    model = admin.meta.service_model.operation_names
+    assert set(OPERATIONS) <= set(model)
+    assert len(OPERATIONS) == 42
+    with pytest.raises(ClientError) as excinfo:
+        admin.describe_custom_key_stores()
+    assert error_code(excinfo) == "UnknownOperationException"

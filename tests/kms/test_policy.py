@@ -185,9 +185,66 @@ PCR0 = "ab" * 48
         ({"StringEqualsIfExists": {"kms:EncryptionContext:app": "a"}}, {}, True),
         ({"Bool": {"aws:SecureTransport": True}}, {"aws:securetransport": "true"}, True),
         ({"Bool": {"aws:SecureTransport": "false"}}, {"aws:securetransport": "true"}, False),
+        # multi-valued keys and the set qualifiers
+        (
+            {"ForAllValues:StringEquals": {"kms:GrantOperations": ["Encrypt", "Decrypt"]}},
+            {"kms:grantoperations": ("Decrypt", "Encrypt")},
+            True,
+        ),
+        (
+            {"ForAllValues:StringEquals": {"kms:GrantOperations": ["Encrypt", "Decrypt"]}},
+            {"kms:grantoperations": ("Decrypt", "CreateGrant")},
+            False,
+        ),
+        ({"ForAllValues:StringEquals": {"kms:GrantOperations": "Decrypt"}}, {}, True),
+        (
+            {"ForAnyValue:StringEquals": {"kms:GrantOperations": "Decrypt"}},
+            {"kms:grantoperations": ("Sign", "Decrypt")},
+            True,
+        ),
+        (
+            {"ForAnyValue:StringEquals": {"kms:GrantOperations": "Decrypt"}},
+            {"kms:grantoperations": ("Sign", "Verify")},
+            False,
+        ),
+        ({"ForAnyValue:StringEquals": {"kms:GrantOperations": "Decrypt"}}, {}, False),
+        (
+            {"ForAllValues:StringNotEquals": {"kms:GrantOperations": ["CreateGrant"]}},
+            {"kms:grantoperations": ("Encrypt", "Decrypt")},
+            True,
+        ),
+        (
+            {"ForAllValues:StringNotEquals": {"kms:GrantOperations": ["CreateGrant"]}},
+            {"kms:grantoperations": ("Encrypt", "CreateGrant")},
+            False,
+        ),
+        (
+            {"ForAnyValue:StringLike": {"aws:TagKeys": "env*"}},
+            {"aws:tagkeys": ("owner", "environment")},
+            True,
+        ),
+        ({"StringEquals": {"aws:TagKeys": "b"}}, {"aws:tagkeys": ("a", "b")}, True),
+        ({"StringNotEquals": {"aws:TagKeys": "b"}}, {"aws:tagkeys": ("a", "b")}, False),
+        # numbers
+        (
+            {"NumericLessThanEquals": {"kms:RotationPeriodInDays": "180"}},
+            {"kms:rotationperiodindays": "90"},
+            True,
+        ),
+        (
+            {"NumericLessThanEquals": {"kms:RotationPeriodInDays": 180}},
+            {"kms:rotationperiodindays": "365"},
+            False,
+        ),
+        (
+            {"NumericGreaterThan": {"kms:RotationPeriodInDays": "1"}},
+            {"kms:rotationperiodindays": "lots"},
+            False,
+        ),
+        ({"NumericNotEquals": {"kms:RotationPeriodInDays": "90"}}, {}, True),
     ],
 )
-def test_conditions(condition: dict[str, Any], context: dict[str, str], allowed: bool) -> None:
+def test_conditions(condition: dict[str, Any], context: dict[str, Any], allowed: bool) -> None:
     decision = policy(allow(Condition=condition)).evaluate(
         RequestContext("kms:Decrypt", USER, KEY, context)
     )
@@ -213,7 +270,9 @@ def test_failed_condition_explains_why_the_value_is_absent() -> None:
         json.dumps({"Statement": [allow(Effect="allow")]}),
         json.dumps({"Statement": [{"Effect": "Allow", "Principal": "*", "Resource": "*"}]}),
         json.dumps({"Statement": [allow(Principal={"Nobody": "x"})]}),
-        json.dumps({"Statement": [allow(Condition={"ForAnyValue:StringEquals": {"a": "b"}})]}),
+        json.dumps({"Statement": [allow(Condition={"ForAnyValue:Null": {"a": "true"}})]}),
+        json.dumps({"Statement": [allow(Condition={"IpAddress": {"aws:SourceIp": "10/8"}})]}),
+        json.dumps({"Statement": [allow(Condition={"NumericLessThan": {"a": "many"}})]}),
         json.dumps({"Statement": [allow(Condition={"StringEquals": {"a": {"nested": 1}}})]}),
         json.dumps({"Statement": [allow(Action=[])]}),
         "x" * 40000,

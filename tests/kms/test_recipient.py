@@ -17,7 +17,7 @@ from nitrokms.sim.kms.server import LocalKMS
 from nitrokms.sim.nsm.pki import SimulatedPKI
 
 from .cms_reader import decrypt_for_recipient
-from .conftest import ACCOUNT, ADMIN, DEBUG_PCRS, PCRS, client_for
+from .conftest import ACCOUNT, ADMIN, DEBUG_PCRS, PCRS, client_for, recipient
 
 DATA = Path(__file__).parent / "data"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/EnclaveRole"
@@ -58,10 +58,6 @@ def attested_policy(pcr0: bytes, pcr1: bytes, *, deny_prod: bool = False) -> str
             }
         )
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
-
-
-def recipient(document: bytes, algorithm: str = "RSAES_OAEP_SHA_256") -> dict[str, Any]:
-    return {"KeyEncryptionAlgorithm": algorithm, "AttestationDocument": document}
 
 
 @pytest.fixture

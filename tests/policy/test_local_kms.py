@@ -165,3 +165,32 @@ def test_allow_debug_admits_a_debug_enclave_of_the_role(admin, enclave, document
     assert attested(enclave, key_id, document(boot_pcrs(OTHER_IMAGE))) == "AccessDeniedException"
     other_role = boot_pcrs(DEBUG, role=f"arn:aws:iam::{ACCOUNT}:role/Other")
     assert attested(enclave, key_id, document(other_role)) == "AccessDeniedException"
+
+
+def test_generated_policy_admits_no_other_recipient_operation_and_no_grants(
+    admin, enclave, document
+) -> None:
+    """The generated policy names GenerateDataKey and Decrypt only: the other Recipient operations
+    stay denied even to the measured image, and no one may hand out a grant around it, while the
+    key administration actions (tags, rotation, grant listing) work."""
+    key_id = key_with(admin, PolicyRequest(MEASUREMENTS, role_arn=ROLE_ARN))
+    good = {
+        "KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
+        "AttestationDocument": document(boot_pcrs(IMAGE)),
+    }
+    assert attested(enclave, key_id, document(boot_pcrs(IMAGE))) == "ok"
+    elsewhere = admin.create_key()["KeyMetadata"]["KeyId"]
+    blob = admin.encrypt(KeyId=elsewhere, Plaintext=b"moved in")["CiphertextBlob"]
+    for call in (
+        lambda: enclave.generate_data_key_pair(
+            KeyId=key_id, KeyPairSpec="ECC_NIST_P256", Recipient=good
+        ),
+        lambda: enclave.generate_data_key_without_plaintext(KeyId=key_id, KeySpec="AES_256"),
+        lambda: admin.create_grant(KeyId=key_id, GranteePrincipal=ROLE_ARN, Operations=["Decrypt"]),
+        lambda: admin.re_encrypt(CiphertextBlob=blob, DestinationKeyId=key_id),
+    ):
+        with pytest.raises(ClientError, match="AccessDenied"):
+            call()
+    admin.tag_resource(KeyId=key_id, Tags=[{"TagKey": "image", "TagValue": "measured"}])
+    admin.enable_key_rotation(KeyId=key_id)
+    assert admin.list_grants(KeyId=key_id)["Grants"] == []
