@@ -14,7 +14,6 @@ bad message built on this side raises LocalProtocolError.
 from __future__ import annotations
 
 import dataclasses
-import io
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,11 +21,17 @@ from typing import Any, ClassVar, Final, Self
 
 import cbor2
 from nitrokms.proto import schema
+from nitrokms.proto.cbor import CBORLimits, loads
 from nitrokms.proto.errors import LocalProtocolError, RemoteProtocolError
+from nitrokms.proto.framing import ABSOLUTE_MAX_FRAME_BYTES
 
 PROTOCOL_VERSION: Final = 1
 MAX_REQUEST_ID: Final = 2**53 - 1  # exact in every JSON/JS number as well
 MAX_CBOR_DEPTH: Final = 8
+MAX_CBOR_ITEMS: Final = 1024
+"""The largest valid message (a 64-pair encryption context with 10 grant tokens, or Describe
+with 32 PCRs and 32 locked ones) has under 200 items."""
+CBOR_LIMITS: Final = CBORLimits(ABSOLUTE_MAX_FRAME_BYTES, MAX_CBOR_ITEMS, MAX_CBOR_DEPTH)
 
 MALFORMED_MESSAGE = "protocol.MalformedMessage"
 UNSUPPORTED_VERSION = "protocol.UnsupportedVersion"
@@ -395,26 +400,8 @@ def encode_response(response: Response) -> bytes:
     return _dumps(envelope)
 
 
-def _reject_tag(tag: cbor2.CBORTag, immutable: bool) -> object:
-    raise RemoteProtocolError(f"CBOR tag {tag.tag} is not allowed", code=MALFORMED_MESSAGE)
-
-
 def _load_envelope(data: bytes) -> dict[Any, Any]:
-    stream = io.BytesIO(data)
-    try:
-        decoder = cbor2.CBORDecoder(
-            stream, max_depth=MAX_CBOR_DEPTH, allow_duplicate_keys=False, tag_hook=_reject_tag
-        )
-        envelope = decoder.decode()
-    except RemoteProtocolError:
-        raise
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise RemoteProtocolError(f"undecodable CBOR: {exc}", code=MALFORMED_MESSAGE) from None
-    if stream.tell() != len(data):
-        raise RemoteProtocolError(
-            f"{len(data) - stream.tell()} bytes of trailing data after the message",
-            code=MALFORMED_MESSAGE,
-        )
+    envelope = loads(data, CBOR_LIMITS)
     if not isinstance(envelope, dict):
         raise RemoteProtocolError("message is not a CBOR map", code=MALFORMED_MESSAGE)
     version = envelope.get("v")
