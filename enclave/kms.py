@@ -36,8 +36,16 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 from nitrokms.enclave.attested_kms import Attestor, attach_recipient
-from nitrokms.enclave.errors import EnclaveError
+from nitrokms.enclave.errors import (
+    CredentialsError,
+    EnclaveError,
+    KMSError,
+    KMSRequestError,
+    KMSTLSError,
+    KMSUnavailableError,
+)
 from nitrokms.enclave.keypool import RecipientKeyPool
+from nitrokms.proto import codes
 
 DEFAULT_MAX_ATTEMPTS = 4
 DEFAULT_CONNECT_TIMEOUT_S = 3.0
@@ -45,44 +53,8 @@ DEFAULT_READ_TIMEOUT_S = 10.0
 DEFAULT_MAX_POOL_CONNECTIONS = 32
 MIN_RANDOM_BYTES, MAX_RANDOM_BYTES = 1, 1024
 MAX_ERROR_MESSAGE_CHARS = 512
-INVALID_CREDENTIALS = "enclave.CredentialsInvalid"
 
 Now = Callable[[], datetime]
-
-
-class KMSError(EnclaveError):
-    """KMS refused the call; `code` is `kms.<__type>`, the message is KMS's."""
-
-    default_code = "kms.Error"
-
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
-        super().__init__(message, code=code)
-        self.status = status
-
-
-class KMSRequestError(KMSError):
-    """The request was invalid before it was sent (what KMS would call a ValidationException)."""
-
-    default_code = "kms.ValidationException"
-
-
-class KMSUnavailableError(KMSError):
-    """KMS could not be reached: connection refused or reset, timeout, relay closed."""
-
-    default_code = "kms.Unreachable"
-
-
-class KMSTLSError(KMSUnavailableError):
-    """The peer's certificate or hostname did not verify: possibly a man in the middle."""
-
-    default_code = "kms.TLSVerificationFailed"
-
-
-class CredentialsError(EnclaveError):
-    """No usable AWS credentials: `enclave.CredentialsMissing`, `enclave.CredentialsExpired`, or
-    `enclave.CredentialsInvalid` for malformed ones given to `set_credentials`."""
-
-    default_code = "enclave.CredentialsMissing"
 
 
 @dataclass(frozen=True)
@@ -97,11 +69,12 @@ class Credentials:
     def __post_init__(self) -> None:
         if not self.access_key_id or not self.secret_access_key:
             raise CredentialsError(
-                "access key id and secret access key must be non-empty", code=INVALID_CREDENTIALS
+                "access key id and secret access key must be non-empty",
+                code=codes.CREDENTIALS_INVALID,
             )
         if self.expiration is not None and self.expiration.tzinfo is None:
             raise CredentialsError(
-                "credential expiration must be timezone-aware", code=INVALID_CREDENTIALS
+                "credential expiration must be timezone-aware", code=codes.CREDENTIALS_INVALID
             )
 
     def expired(self, now: datetime) -> bool:
@@ -213,7 +186,7 @@ class EnclaveKMS:
         )
         if credentials.expired(self._now()):
             raise CredentialsError(
-                "the credentials are already expired", code="enclave.CredentialsExpired"
+                "the credentials are already expired", code=codes.CREDENTIALS_EXPIRED
             )
         with self._lock:
             if credentials == self._credentials:
@@ -249,7 +222,7 @@ class EnclaveKMS:
         if credentials.expired(self._now()):
             raise CredentialsError(
                 f"the AWS credentials expired at {credentials.expiration:%Y-%m-%dT%H:%M:%SZ}",
-                code="enclave.CredentialsExpired",
+                code=codes.CREDENTIALS_EXPIRED,
             )
         return client
 

@@ -24,37 +24,20 @@ from typing import Any, Final, Protocol
 
 from nitrokms import __version__
 from nitrokms.enclave import envelope
-from nitrokms.enclave.errors import DecryptionError, EnclaveError
-from nitrokms.enclave.keyring import Keyring, UnknownHandleError, context_key
+from nitrokms.enclave.errors import (
+    ContextMismatchError,
+    DecryptionError,
+    EnvelopeTooLargeError,
+    RegionMismatchError,
+    UnknownHandleError,
+    UnsupportedDataKeyError,
+)
+from nitrokms.enclave.keyring import Keyring, context_key
 from nitrokms.proto import messages as m
 
 DEBUG_PCRS: Final = (0, 1, 2)
 DESCRIBED_PCRS: Final = range(16)
 SEAL_KEY_SPEC: Final = "AES_256"
-
-
-class RegionMismatchError(EnclaveError):
-    """SetCredentials named a region other than the one this enclave talks to."""
-
-    default_code = "enclave.RegionMismatch"
-
-
-class ContextMismatchError(EnclaveError):
-    """Seal with a handle asked for a context other than the one the key is bound to."""
-
-    default_code = "enclave.ContextMismatch"
-
-
-class EnvelopeTooLargeError(EnclaveError):
-    """The envelope (plaintext plus a very large KeyId or context) would exceed the wire limit."""
-
-    default_code = "enclave.EnvelopeTooLarge"
-
-
-class UnsupportedDataKeyError(EnclaveError):
-    """Seal needs a 256-bit data key; the handle holds a key of another size."""
-
-    default_code = "enclave.UnsupportedDataKey"
 
 
 class DataKey(Protocol):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import cbor2
+from nitrokms.proto import codes
 from nitrokms.proto.errors import RemoteProtocolError
 
 _INDEFINITE: Final = -1
@@ -49,7 +50,7 @@ class CBORDecodeError(RemoteProtocolError):
     into their own family's error.
     """
 
-    default_code = "protocol.MalformedMessage"
+    default_code = codes.MALFORMED_MESSAGE
 
 
 def loads(data: bytes, limits: CBORLimits) -> Any:

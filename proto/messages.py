@@ -22,6 +22,12 @@ from typing import Any, ClassVar, Final, Self
 import cbor2
 from nitrokms.proto import schema
 from nitrokms.proto.cbor import CBORLimits, loads
+from nitrokms.proto.codes import (
+    INVALID_FIELD,
+    MALFORMED_MESSAGE,
+    UNKNOWN_OPERATION,
+    UNSUPPORTED_VERSION,
+)
 from nitrokms.proto.errors import LocalProtocolError, RemoteProtocolError
 from nitrokms.proto.framing import ABSOLUTE_MAX_FRAME_BYTES
 
@@ -32,11 +38,6 @@ MAX_CBOR_ITEMS: Final = 1024
 """The largest valid message (a 64-pair encryption context with 10 grant tokens, or Describe
 with 32 PCRs and 32 locked ones) has under 200 items."""
 CBOR_LIMITS: Final = CBORLimits(ABSOLUTE_MAX_FRAME_BYTES, MAX_CBOR_ITEMS, MAX_CBOR_DEPTH)
-
-MALFORMED_MESSAGE = "protocol.MalformedMessage"
-UNSUPPORTED_VERSION = "protocol.UnsupportedVersion"
-UNKNOWN_OPERATION = "protocol.UnknownOperation"
-INVALID_FIELD = schema.INVALID_FIELD
 
 MAX_KEY_ID_CHARS: Final = 2048
 MAX_CIPHERTEXT_BLOB_BYTES: Final = 6144

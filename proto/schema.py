@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nitrokms.proto.codes import INVALID_FIELD
 from nitrokms.proto.errors import LocalProtocolError
-
-INVALID_FIELD = "protocol.InvalidField"
 
 
 def _fail(name: str, problem: str) -> LocalProtocolError:

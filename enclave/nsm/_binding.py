@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 from cffi import FFI
-from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode, NSMUnavailableError
+from nitrokms.enclave.errors import NSMError, NSMErrorCode, NSMUnavailableError
 
 NSM_IOCTL_RAW = 0xC0200A00
 LIBNSM_ENV = "NITROKMS_LIBNSM"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import cbor2
-from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode
+from nitrokms.enclave.errors import NSMError, NSMErrorCode
 from nitrokms.proto.cbor import CBORDecodeError, CBORLimits, loads
 
 MAX_REQUEST_BYTES = 0x1000

@@ -5,14 +5,16 @@ from typing import Any
 
 import pytest
 from nitrokms.enclave import envelope
-from nitrokms.enclave.errors import DecryptionError, EnclaveError
-from nitrokms.enclave.keyring import Keyring, UnknownHandleError
-from nitrokms.enclave.service import (
+from nitrokms.enclave.errors import (
     ContextMismatchError,
-    EnclaveService,
+    DecryptionError,
+    EnclaveError,
     RegionMismatchError,
+    UnknownHandleError,
     UnsupportedDataKeyError,
 )
+from nitrokms.enclave.keyring import Keyring
+from nitrokms.enclave.service import EnclaveService
 from nitrokms.proto import messages as m
 
 from nitrokms import __version__

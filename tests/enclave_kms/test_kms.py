@@ -8,15 +8,14 @@ import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from nitrokms.enclave.kms import (
+from nitrokms.enclave.errors import (
     CredentialsError,
-    DataKey,
-    EnclaveKMS,
     KMSError,
     KMSRequestError,
     KMSTLSError,
     KMSUnavailableError,
 )
+from nitrokms.enclave.kms import DataKey, EnclaveKMS
 
 from .conftest import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, attested_policy
 from .fakes import FOR_RECIPIENT, HANG, kms_error, scripted_kms, spki_attestor

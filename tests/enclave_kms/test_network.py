@@ -7,10 +7,10 @@ import socket
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nitrokms.enclave.kms import EnclaveKMS, KMSTLSError, KMSUnavailableError
+from nitrokms.enclave.errors import KMSTLSError, KMSUnavailableError, NetworkError
+from nitrokms.enclave.kms import EnclaveKMS
 from nitrokms.enclave.network import (
     ConnectProxy,
-    NetworkError,
     ThreadedConnectProxy,
     decide_connect,
     kms_endpoint,

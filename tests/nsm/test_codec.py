@@ -9,8 +9,8 @@ import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nitrokms.enclave.errors import NSMError, NSMErrorCode
 from nitrokms.enclave.nsm import codec
-from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode
 
 
 def text(value: str) -> bytes:
