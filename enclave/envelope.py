@@ -38,10 +38,10 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nitrokms.enclave.errors import DecryptionError, MalformedEnvelopeError
+from nitrokms.proto.keys import MAX_KEY_ID_CHARS
 from nitrokms.proto.messages import (
     MAX_CIPHERTEXT_BLOB_BYTES,
     MAX_ENVELOPE_BYTES,
-    MAX_KEY_ID_CHARS,
     MAX_SEAL_PLAINTEXT_BYTES,
 )
 

@@ -17,7 +17,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,6 +46,7 @@ from nitrokms.enclave.errors import (
 )
 from nitrokms.enclave.keypool import RecipientKeyPool
 from nitrokms.proto import codes
+from nitrokms.proto.keys import KeyRequest
 
 DEFAULT_MAX_ATTEMPTS = 4
 DEFAULT_CONNECT_TIMEOUT_S = 3.0
@@ -228,45 +229,24 @@ class EnclaveKMS:
 
     # --- operations ----------------------------------------------------------------------------
 
-    def generate_data_key(
-        self,
-        key_id: str,
-        *,
-        key_spec: str | None = None,
-        number_of_bytes: int | None = None,
-        encryption_context: Mapping[str, str] | None = None,
-        grant_tokens: Sequence[str] | None = None,
-    ) -> DataKey:
-        """Attested GenerateDataKey (AES_256 unless told otherwise). Raises KMSError family,
-        CredentialsError, KeyPoolError, NSMError, CMS errors."""
-        params = _key_params(key_id, key_spec, number_of_bytes, encryption_context, grant_tokens)
-        reply = self._call("generate_data_key", params)
+    def generate_data_key(self, request: KeyRequest) -> DataKey:
+        """Attested GenerateDataKey (AES_256 unless the request names a size). Raises KMSError
+        family, CredentialsError, KeyPoolError, NSMError, CMS errors."""
+        reply = self._call("generate_data_key", _generate_params(request))
         return DataKey(bytearray(reply["Plaintext"]), reply["CiphertextBlob"], reply["KeyId"])
 
-    def generate_data_key_without_plaintext(
-        self,
-        key_id: str,
-        *,
-        key_spec: str | None = None,
-        number_of_bytes: int | None = None,
-        encryption_context: Mapping[str, str] | None = None,
-        grant_tokens: Sequence[str] | None = None,
-    ) -> EncryptedDataKey:
-        params = _key_params(key_id, key_spec, number_of_bytes, encryption_context, grant_tokens)
-        reply = self._call("generate_data_key_without_plaintext", params)
+    def generate_data_key_without_plaintext(self, request: KeyRequest) -> EncryptedDataKey:
+        reply = self._call("generate_data_key_without_plaintext", _generate_params(request))
         return EncryptedDataKey(reply["CiphertextBlob"], reply["KeyId"])
 
-    def decrypt(
-        self,
-        ciphertext_blob: bytes,
-        *,
-        key_id: str | None = None,
-        encryption_context: Mapping[str, str] | None = None,
-        grant_tokens: Sequence[str] | None = None,
-    ) -> DataKey:
-        """Attested Decrypt of a data key's CiphertextBlob."""
-        params: dict[str, Any] = {"CiphertextBlob": bytes(ciphertext_blob)}
-        _put_optional(params, key_id, encryption_context, grant_tokens)
+    def decrypt(self, ciphertext_blob: bytes, request: KeyRequest | None = None) -> DataKey:
+        """Attested Decrypt of a data key's CiphertextBlob; `request` may name the key id, the
+        encryption context and grant tokens (a size is refused: Decrypt takes none)."""
+        request = request or KeyRequest()
+        if request.key_spec is not None or request.number_of_bytes is not None:
+            raise KMSRequestError("Decrypt takes no key_spec or number_of_bytes")
+        params = _kms_params(request)
+        params["CiphertextBlob"] = bytes(ciphertext_blob)
         reply = self._call("decrypt", params)
         return DataKey(bytearray(reply["Plaintext"]), bytes(ciphertext_blob), reply["KeyId"])
 
@@ -381,33 +361,24 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_ERROR_MESSAGE_CHARS else text[:MAX_ERROR_MESSAGE_CHARS] + "…"
 
 
-def _key_params(
-    key_id: str,
-    key_spec: str | None,
-    number_of_bytes: int | None,
-    encryption_context: Mapping[str, str] | None,
-    grant_tokens: Sequence[str] | None,
-) -> dict[str, Any]:
-    if key_spec is not None and number_of_bytes is not None:
-        raise KMSRequestError("give key_spec or number_of_bytes, not both")
-    params: dict[str, Any] = {"KeyId": key_id}
-    if number_of_bytes is not None:
-        params["NumberOfBytes"] = number_of_bytes
-    else:
-        params["KeySpec"] = key_spec or "AES_256"
-    _put_optional(params, None, encryption_context, grant_tokens)
+def _generate_params(request: KeyRequest) -> dict[str, Any]:
+    """GenerateDataKey parameters: a key id is required; AES_256 unless a size is named."""
+    if request.key_id is None:
+        raise KMSRequestError("GenerateDataKey needs a key id")
+    return _kms_params(request.sized())
+
+
+def _kms_params(request: KeyRequest) -> dict[str, Any]:
+    """A KeyRequest in KMS's parameter names (absent and empty fields left out)."""
+    params: dict[str, Any] = {}
+    if request.key_id is not None:
+        params["KeyId"] = request.key_id
+    if request.key_spec is not None:
+        params["KeySpec"] = request.key_spec
+    if request.number_of_bytes is not None:
+        params["NumberOfBytes"] = request.number_of_bytes
+    if request.encryption_context:
+        params["EncryptionContext"] = dict(request.encryption_context)
+    if request.grant_tokens:
+        params["GrantTokens"] = list(request.grant_tokens)
     return params
-
-
-def _put_optional(
-    params: dict[str, Any],
-    key_id: str | None,
-    encryption_context: Mapping[str, str] | None,
-    grant_tokens: Sequence[str] | None,
-) -> None:
-    if key_id is not None:
-        params["KeyId"] = key_id
-    if encryption_context:
-        params["EncryptionContext"] = dict(encryption_context)
-    if grant_tokens:
-        params["GrantTokens"] = list(grant_tokens)
