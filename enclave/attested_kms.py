@@ -37,7 +37,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from nitrokms.enclave.cms import decrypt_enveloped_data
-from nitrokms.enclave.errors import EnclaveError
+from nitrokms.enclave.errors import RecipientReplyError
 from nitrokms.enclave.keypool import RecipientKey, RecipientKeyPool
 
 KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
@@ -60,12 +60,6 @@ class Attestor(Protocol):
     """
 
     def __call__(self, *, public_key: bytes) -> bytes: ...
-
-
-class RecipientReplyError(EnclaveError):
-    """KMS answered an attested call without `CiphertextForRecipient`."""
-
-    default_code = "kms.MissingCiphertextForRecipient"
 
 
 class RecipientHooks:

@@ -37,11 +37,11 @@ from typing import Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from nitrokms.enclave.errors import DecryptionError, EnclaveError
+from nitrokms.enclave.errors import DecryptionError, MalformedEnvelopeError
+from nitrokms.proto.keys import MAX_KEY_ID_CHARS
 from nitrokms.proto.messages import (
     MAX_CIPHERTEXT_BLOB_BYTES,
     MAX_ENVELOPE_BYTES,
-    MAX_KEY_ID_CHARS,
     MAX_SEAL_PLAINTEXT_BYTES,
 )
 
@@ -55,12 +55,6 @@ MAX_CONTEXT_PAIRS: Final = 64
 MAX_CONTEXT_CHARS: Final = 8192
 
 _U16 = struct.Struct(">H")
-
-
-class MalformedEnvelopeError(EnclaveError):
-    """The bytes are not a well-formed envelope of a format this service reads."""
-
-    default_code = "enclave.MalformedEnvelope"
 
 
 @dataclass(frozen=True)

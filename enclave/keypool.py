@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from nitrokms.enclave.errors import EnclaveError
+from nitrokms.enclave.errors import KeyPoolError
 
 PUBLIC_EXPONENT = 65537
 ALLOWED_KEY_BITS = (2048, 3072, 4096)
@@ -30,12 +30,6 @@ MAX_IDLE_WAIT_S = 60.0
 
 Clock = Callable[[], float]
 KeyGenerator = Callable[[int], rsa.RSAPrivateKey]
-
-
-class KeyPoolError(EnclaveError):
-    """The pool cannot hand out a key: it is closed, timed out, or key generation failed."""
-
-    default_code = "enclave.KeyPoolUnavailable"
 
 
 def generate_rsa_key(bits: int) -> rsa.RSAPrivateKey:

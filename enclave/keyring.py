@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Final
 
-from nitrokms.enclave.errors import EnclaveError
+from nitrokms.enclave.errors import UnknownHandleError
 
 DEFAULT_MAX_KEYS: Final = 1024
 DEFAULT_KEY_TTL_S: Final = 3600.0
@@ -28,12 +28,6 @@ HANDLE_PREFIX: Final = "kh-"
 
 Clock = Callable[[], float]
 ContextKey = tuple[tuple[str, str], ...]
-
-
-class UnknownHandleError(EnclaveError):
-    """No key is held under this handle: never issued, forgotten, evicted or expired."""
-
-    default_code = "enclave.UnknownHandle"
 
 
 def context_key(context: Mapping[str, str] | None) -> ContextKey:

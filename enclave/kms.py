@@ -17,7 +17,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,8 +36,17 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 from nitrokms.enclave.attested_kms import Attestor, attach_recipient
-from nitrokms.enclave.errors import EnclaveError
+from nitrokms.enclave.errors import (
+    CredentialsError,
+    EnclaveError,
+    KMSError,
+    KMSRequestError,
+    KMSTLSError,
+    KMSUnavailableError,
+)
 from nitrokms.enclave.keypool import RecipientKeyPool
+from nitrokms.proto import codes
+from nitrokms.proto.keys import KeyRequest
 
 DEFAULT_MAX_ATTEMPTS = 4
 DEFAULT_CONNECT_TIMEOUT_S = 3.0
@@ -45,44 +54,8 @@ DEFAULT_READ_TIMEOUT_S = 10.0
 DEFAULT_MAX_POOL_CONNECTIONS = 32
 MIN_RANDOM_BYTES, MAX_RANDOM_BYTES = 1, 1024
 MAX_ERROR_MESSAGE_CHARS = 512
-INVALID_CREDENTIALS = "enclave.CredentialsInvalid"
 
 Now = Callable[[], datetime]
-
-
-class KMSError(EnclaveError):
-    """KMS refused the call; `code` is `kms.<__type>`, the message is KMS's."""
-
-    default_code = "kms.Error"
-
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
-        super().__init__(message, code=code)
-        self.status = status
-
-
-class KMSRequestError(KMSError):
-    """The request was invalid before it was sent (what KMS would call a ValidationException)."""
-
-    default_code = "kms.ValidationException"
-
-
-class KMSUnavailableError(KMSError):
-    """KMS could not be reached: connection refused or reset, timeout, relay closed."""
-
-    default_code = "kms.Unreachable"
-
-
-class KMSTLSError(KMSUnavailableError):
-    """The peer's certificate or hostname did not verify: possibly a man in the middle."""
-
-    default_code = "kms.TLSVerificationFailed"
-
-
-class CredentialsError(EnclaveError):
-    """No usable AWS credentials: `enclave.CredentialsMissing`, `enclave.CredentialsExpired`, or
-    `enclave.CredentialsInvalid` for malformed ones given to `set_credentials`."""
-
-    default_code = "enclave.CredentialsMissing"
 
 
 @dataclass(frozen=True)
@@ -97,11 +70,12 @@ class Credentials:
     def __post_init__(self) -> None:
         if not self.access_key_id or not self.secret_access_key:
             raise CredentialsError(
-                "access key id and secret access key must be non-empty", code=INVALID_CREDENTIALS
+                "access key id and secret access key must be non-empty",
+                code=codes.CREDENTIALS_INVALID,
             )
         if self.expiration is not None and self.expiration.tzinfo is None:
             raise CredentialsError(
-                "credential expiration must be timezone-aware", code=INVALID_CREDENTIALS
+                "credential expiration must be timezone-aware", code=codes.CREDENTIALS_INVALID
             )
 
     def expired(self, now: datetime) -> bool:
@@ -213,7 +187,7 @@ class EnclaveKMS:
         )
         if credentials.expired(self._now()):
             raise CredentialsError(
-                "the credentials are already expired", code="enclave.CredentialsExpired"
+                "the credentials are already expired", code=codes.CREDENTIALS_EXPIRED
             )
         with self._lock:
             if credentials == self._credentials:
@@ -249,51 +223,30 @@ class EnclaveKMS:
         if credentials.expired(self._now()):
             raise CredentialsError(
                 f"the AWS credentials expired at {credentials.expiration:%Y-%m-%dT%H:%M:%SZ}",
-                code="enclave.CredentialsExpired",
+                code=codes.CREDENTIALS_EXPIRED,
             )
         return client
 
     # --- operations ----------------------------------------------------------------------------
 
-    def generate_data_key(
-        self,
-        key_id: str,
-        *,
-        key_spec: str | None = None,
-        number_of_bytes: int | None = None,
-        encryption_context: Mapping[str, str] | None = None,
-        grant_tokens: Sequence[str] | None = None,
-    ) -> DataKey:
-        """Attested GenerateDataKey (AES_256 unless told otherwise). Raises KMSError family,
-        CredentialsError, KeyPoolError, NSMError, CMS errors."""
-        params = _key_params(key_id, key_spec, number_of_bytes, encryption_context, grant_tokens)
-        reply = self._call("generate_data_key", params)
+    def generate_data_key(self, request: KeyRequest) -> DataKey:
+        """Attested GenerateDataKey (AES_256 unless the request names a size). Raises KMSError
+        family, CredentialsError, KeyPoolError, NSMError, CMS errors."""
+        reply = self._call("generate_data_key", _generate_params(request))
         return DataKey(bytearray(reply["Plaintext"]), reply["CiphertextBlob"], reply["KeyId"])
 
-    def generate_data_key_without_plaintext(
-        self,
-        key_id: str,
-        *,
-        key_spec: str | None = None,
-        number_of_bytes: int | None = None,
-        encryption_context: Mapping[str, str] | None = None,
-        grant_tokens: Sequence[str] | None = None,
-    ) -> EncryptedDataKey:
-        params = _key_params(key_id, key_spec, number_of_bytes, encryption_context, grant_tokens)
-        reply = self._call("generate_data_key_without_plaintext", params)
+    def generate_data_key_without_plaintext(self, request: KeyRequest) -> EncryptedDataKey:
+        reply = self._call("generate_data_key_without_plaintext", _generate_params(request))
         return EncryptedDataKey(reply["CiphertextBlob"], reply["KeyId"])
 
-    def decrypt(
-        self,
-        ciphertext_blob: bytes,
-        *,
-        key_id: str | None = None,
-        encryption_context: Mapping[str, str] | None = None,
-        grant_tokens: Sequence[str] | None = None,
-    ) -> DataKey:
-        """Attested Decrypt of a data key's CiphertextBlob."""
-        params: dict[str, Any] = {"CiphertextBlob": bytes(ciphertext_blob)}
-        _put_optional(params, key_id, encryption_context, grant_tokens)
+    def decrypt(self, ciphertext_blob: bytes, request: KeyRequest | None = None) -> DataKey:
+        """Attested Decrypt of a data key's CiphertextBlob; `request` may name the key id, the
+        encryption context and grant tokens (a size is refused: Decrypt takes none)."""
+        request = request or KeyRequest()
+        if request.key_spec is not None or request.number_of_bytes is not None:
+            raise KMSRequestError("Decrypt takes no key_spec or number_of_bytes")
+        params = _kms_params(request)
+        params["CiphertextBlob"] = bytes(ciphertext_blob)
         reply = self._call("decrypt", params)
         return DataKey(bytearray(reply["Plaintext"]), bytes(ciphertext_blob), reply["KeyId"])
 
@@ -408,33 +361,24 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_ERROR_MESSAGE_CHARS else text[:MAX_ERROR_MESSAGE_CHARS] + "…"
 
 
-def _key_params(
-    key_id: str,
-    key_spec: str | None,
-    number_of_bytes: int | None,
-    encryption_context: Mapping[str, str] | None,
-    grant_tokens: Sequence[str] | None,
-) -> dict[str, Any]:
-    if key_spec is not None and number_of_bytes is not None:
-        raise KMSRequestError("give key_spec or number_of_bytes, not both")
-    params: dict[str, Any] = {"KeyId": key_id}
-    if number_of_bytes is not None:
-        params["NumberOfBytes"] = number_of_bytes
-    else:
-        params["KeySpec"] = key_spec or "AES_256"
-    _put_optional(params, None, encryption_context, grant_tokens)
+def _generate_params(request: KeyRequest) -> dict[str, Any]:
+    """GenerateDataKey parameters: a key id is required; AES_256 unless a size is named."""
+    if request.key_id is None:
+        raise KMSRequestError("GenerateDataKey needs a key id")
+    return _kms_params(request.sized())
+
+
+def _kms_params(request: KeyRequest) -> dict[str, Any]:
+    """A KeyRequest in KMS's parameter names (absent and empty fields left out)."""
+    params: dict[str, Any] = {}
+    if request.key_id is not None:
+        params["KeyId"] = request.key_id
+    if request.key_spec is not None:
+        params["KeySpec"] = request.key_spec
+    if request.number_of_bytes is not None:
+        params["NumberOfBytes"] = request.number_of_bytes
+    if request.encryption_context:
+        params["EncryptionContext"] = dict(request.encryption_context)
+    if request.grant_tokens:
+        params["GrantTokens"] = list(request.grant_tokens)
     return params
-
-
-def _put_optional(
-    params: dict[str, Any],
-    key_id: str | None,
-    encryption_context: Mapping[str, str] | None,
-    grant_tokens: Sequence[str] | None,
-) -> None:
-    if key_id is not None:
-        params["KeyId"] = key_id
-    if encryption_context:
-        params["EncryptionContext"] = dict(encryption_context)
-    if grant_tokens:
-        params["GrantTokens"] = list(grant_tokens)

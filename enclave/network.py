@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from nitrokms.enclave.errors import EnclaveError
+from nitrokms.enclave.errors import NetworkError
 from nitrokms.proto.addresses import Address, VsockAddress, parse_address
 from nitrokms.proto.errors import AddressError
 from nitrokms.transport.sockets import connect_protocol
@@ -59,12 +59,6 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 _IFREQ = struct.Struct("16sH22x")
-
-
-class NetworkError(EnclaveError):
-    """In-enclave network setup failed (loopback, listener)."""
-
-    default_code = "enclave.NetworkSetupFailed"
 
 
 # --- loopback ------------------------------------------------------------------------------------

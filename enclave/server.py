@@ -28,12 +28,14 @@ from typing import Final
 
 from nitrokms.enclave.errors import EnclaveError
 from nitrokms.proto.addresses import Address, UnixAddress
-from nitrokms.proto.connection import (
+from nitrokms.proto.codes import (
+    INTERNAL_ERROR,
+    SHUTTING_DOWN,
+    TIMEOUT,
+    TOO_MANY_CONNECTIONS,
     TOO_MANY_IN_FLIGHT,
-    BadRequest,
-    ServerConnection,
-    error_reply_for,
 )
+from nitrokms.proto.connection import BadRequest, ServerConnection, error_reply_for
 from nitrokms.proto.errors import ProtocolError, RemoteProtocolError
 from nitrokms.proto.framing import DEFAULT_MAX_FRAME_BYTES
 from nitrokms.proto.messages import Body, Request
@@ -42,10 +44,6 @@ from nitrokms.transport.sockets import bound_address, start_server
 log = logging.getLogger("enclave.server")
 
 READ_CHUNK_BYTES: Final = 64 * 1024
-INTERNAL_ERROR: Final = "enclave.InternalError"
-TIMEOUT: Final = "enclave.Timeout"
-SHUTTING_DOWN: Final = "enclave.ShuttingDown"
-TOO_MANY_CONNECTIONS: Final = "enclave.TooManyConnections"
 
 Handler = Callable[[Body], Body]
 

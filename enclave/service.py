@@ -18,43 +18,28 @@ into the keyring.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final, Protocol
 
 from nitrokms import __version__
 from nitrokms.enclave import envelope
-from nitrokms.enclave.errors import DecryptionError, EnclaveError
-from nitrokms.enclave.keyring import Keyring, UnknownHandleError, context_key
+from nitrokms.enclave.errors import (
+    ContextMismatchError,
+    DecryptionError,
+    EnvelopeTooLargeError,
+    RegionMismatchError,
+    UnknownHandleError,
+    UnsupportedDataKeyError,
+)
+from nitrokms.enclave.keyring import Keyring, context_key
 from nitrokms.proto import messages as m
+from nitrokms.proto.keys import KeyRequest
 
 DEBUG_PCRS: Final = (0, 1, 2)
 DESCRIBED_PCRS: Final = range(16)
 SEAL_KEY_SPEC: Final = "AES_256"
-
-
-class RegionMismatchError(EnclaveError):
-    """SetCredentials named a region other than the one this enclave talks to."""
-
-    default_code = "enclave.RegionMismatch"
-
-
-class ContextMismatchError(EnclaveError):
-    """Seal with a handle asked for a context other than the one the key is bound to."""
-
-    default_code = "enclave.ContextMismatch"
-
-
-class EnvelopeTooLargeError(EnclaveError):
-    """The envelope (plaintext plus a very large KeyId or context) would exceed the wire limit."""
-
-    default_code = "enclave.EnvelopeTooLarge"
-
-
-class UnsupportedDataKeyError(EnclaveError):
-    """Seal needs a 256-bit data key; the handle holds a key of another size."""
-
-    default_code = "enclave.UnsupportedDataKey"
 
 
 class DataKey(Protocol):
@@ -90,24 +75,9 @@ class KMS(Protocol):
         expiration: float | None = None,
     ) -> None: ...
 
-    def generate_data_key(
-        self,
-        key_id: str,
-        *,
-        key_spec: str | None = None,
-        number_of_bytes: int | None = None,
-        encryption_context: Mapping[str, str] | None = None,
-        grant_tokens: Sequence[str] | None = None,
-    ) -> DataKey: ...
+    def generate_data_key(self, request: KeyRequest) -> DataKey: ...
 
-    def decrypt(
-        self,
-        ciphertext_blob: bytes,
-        *,
-        key_id: str | None = None,
-        encryption_context: Mapping[str, str] | None = None,
-        grant_tokens: Sequence[str] | None = None,
-    ) -> DataKey: ...
+    def decrypt(self, ciphertext_blob: bytes, request: KeyRequest) -> DataKey: ...
 
 
 class NSMDescription(Protocol):
@@ -206,22 +176,11 @@ class EnclaveService:
         return m.SetCredentialsResult()
 
     def generate_data_key(self, request: m.GenerateDataKeyRequest) -> m.GenerateDataKeyResult:
-        handle, key_id, blob = self._generate(
-            request.key_id,
-            key_spec=request.key_spec,
-            number_of_bytes=request.number_of_bytes,
-            encryption_context=request.encryption_context,
-            grant_tokens=request.grant_tokens,
-        )
+        handle, key_id, blob = self._generate(request.key)
         return m.GenerateDataKeyResult(handle=handle, ciphertext_blob=blob, key_id=key_id)
 
     def load_data_key(self, request: m.LoadDataKeyRequest) -> m.LoadDataKeyResult:
-        handle, key_id = self._load(
-            request.ciphertext_blob,
-            key_id=request.key_id,
-            encryption_context=request.encryption_context,
-            grant_tokens=request.grant_tokens,
-        )
+        handle, key_id = self._load(request.ciphertext_blob, request.key)
         return m.LoadDataKeyResult(handle=handle, key_id=key_id)
 
     def forget_key(self, request: m.ForgetKeyRequest) -> m.ForgetKeyResult:
@@ -232,13 +191,7 @@ class EnclaveService:
         if request.handle is not None:
             handle = request.handle
         else:
-            assert request.key_id is not None
-            handle, _, _ = self._generate(
-                request.key_id,
-                key_spec=SEAL_KEY_SPEC,
-                encryption_context=request.encryption_context,
-                grant_tokens=request.grant_tokens,
-            )
+            handle, _, _ = self._generate(replace(request.key, key_spec=SEAL_KEY_SPEC))
         with self.keyring.borrow(handle) as held:
             if request.encryption_context is not None and context_key(
                 request.encryption_context
@@ -269,12 +222,12 @@ class EnclaveService:
         for attempt in range(2):
             handle = self.keyring.find(sealed.ciphertext_blob, sealed.encryption_context)
             if handle is None:
-                handle, _ = self._load(
-                    sealed.ciphertext_blob,
+                key = replace(
+                    request.key,
                     key_id=sealed.key_id,
                     encryption_context=sealed.encryption_context,
-                    grant_tokens=request.grant_tokens,
                 )
+                handle, _ = self._load(sealed.ciphertext_blob, key)
             try:
                 with self.keyring.borrow(handle) as held:
                     plaintext = envelope.open_envelope(sealed, held.key)
@@ -327,40 +280,14 @@ class EnclaveService:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _generate(
-        self,
-        key_id: str,
-        *,
-        key_spec: str | None = None,
-        number_of_bytes: int | None = None,
-        encryption_context: Mapping[str, str] | None,
-        grant_tokens: Sequence[str] | None,
-    ) -> tuple[str, str, bytes]:
-        data_key = self.kms.generate_data_key(
-            key_id,
-            key_spec=key_spec,
-            number_of_bytes=number_of_bytes,
-            encryption_context=encryption_context,
-            grant_tokens=grant_tokens,
-        )
-        handle = self._hold(data_key, data_key.ciphertext_blob, encryption_context)
+    def _generate(self, key: KeyRequest) -> tuple[str, str, bytes]:
+        data_key = self.kms.generate_data_key(key)
+        handle = self._hold(data_key, data_key.ciphertext_blob, key.encryption_context)
         return handle, data_key.key_id, data_key.ciphertext_blob
 
-    def _load(
-        self,
-        ciphertext_blob: bytes,
-        *,
-        key_id: str | None,
-        encryption_context: Mapping[str, str] | None,
-        grant_tokens: Sequence[str] | None,
-    ) -> tuple[str, str]:
-        data_key = self.kms.decrypt(
-            ciphertext_blob,
-            key_id=key_id,
-            encryption_context=encryption_context,
-            grant_tokens=grant_tokens,
-        )
-        return self._hold(data_key, ciphertext_blob, encryption_context), data_key.key_id
+    def _load(self, ciphertext_blob: bytes, key: KeyRequest) -> tuple[str, str]:
+        data_key = self.kms.decrypt(ciphertext_blob, key)
+        return self._hold(data_key, ciphertext_blob, key.encryption_context), data_key.key_id
 
     def _hold(
         self, data_key: DataKey, blob: bytes, encryption_context: Mapping[str, str] | None

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from nitrokms.proto.codes import TOO_MANY_IN_FLIGHT
 from nitrokms.proto.errors import LocalProtocolError, RemoteProtocolError
 from nitrokms.proto.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from nitrokms.proto.messages import (
@@ -33,7 +34,6 @@ from nitrokms.proto.messages import (
 
 DEFAULT_MAX_IN_FLIGHT = 1024
 MAX_REMEMBERED_CANCELLED = 4096
-TOO_MANY_IN_FLIGHT = "protocol.TooManyRequests"
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,12 @@ import struct
 from collections.abc import Iterator
 from typing import Final
 
+from nitrokms.proto.codes import FRAME_TOO_LARGE, MALFORMED_FRAME, TRUNCATED_FRAME
 from nitrokms.proto.errors import LocalProtocolError, RemoteProtocolError
 
 HEADER_BYTES: Final = 4
 DEFAULT_MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
 ABSOLUTE_MAX_FRAME_BYTES: Final = 0xFFFFFFFF
-
-FRAME_TOO_LARGE = "protocol.FrameTooLarge"
-MALFORMED_FRAME = "protocol.MalformedFrame"
-TRUNCATED_FRAME = "protocol.TruncatedFrame"
 
 _HEADER = struct.Struct(">I")
 

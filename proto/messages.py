@@ -14,26 +14,38 @@ bad message built on this side raises LocalProtocolError.
 from __future__ import annotations
 
 import dataclasses
-import io
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Self
 
 import cbor2
 from nitrokms.proto import schema
+from nitrokms.proto.cbor import CBORLimits, loads
+from nitrokms.proto.codes import (
+    INVALID_FIELD,
+    MALFORMED_MESSAGE,
+    UNKNOWN_OPERATION,
+    UNSUPPORTED_VERSION,
+)
 from nitrokms.proto.errors import LocalProtocolError, RemoteProtocolError
+from nitrokms.proto.framing import ABSOLUTE_MAX_FRAME_BYTES
+from nitrokms.proto.keys import (
+    ENCRYPTION_CONTEXT,
+    GRANT_TOKENS,
+    KEY_ID,
+    KeyRequest,
+)
+from nitrokms.proto.schema import kind_field
 
 PROTOCOL_VERSION: Final = 1
 MAX_REQUEST_ID: Final = 2**53 - 1  # exact in every JSON/JS number as well
 MAX_CBOR_DEPTH: Final = 8
+MAX_CBOR_ITEMS: Final = 1024
+"""The largest valid message (a 64-pair encryption context with 10 grant tokens, or Describe
+with 32 PCRs and 32 locked ones) has under 200 items."""
+CBOR_LIMITS: Final = CBORLimits(ABSOLUTE_MAX_FRAME_BYTES, MAX_CBOR_ITEMS, MAX_CBOR_DEPTH)
 
-MALFORMED_MESSAGE = "protocol.MalformedMessage"
-UNSUPPORTED_VERSION = "protocol.UnsupportedVersion"
-UNKNOWN_OPERATION = "protocol.UnknownOperation"
-INVALID_FIELD = schema.INVALID_FIELD
-
-MAX_KEY_ID_CHARS: Final = 2048
 MAX_CIPHERTEXT_BLOB_BYTES: Final = 6144
 MAX_SEAL_PLAINTEXT_BYTES: Final = 1024 * 1024
 MAX_ENVELOPE_BYTES: Final = MAX_SEAL_PLAINTEXT_BYTES + 16 * 1024
@@ -45,37 +57,17 @@ MAX_ERROR_MESSAGE_CHARS: Final = 2048
 ERROR_CODE_PATTERN: Final = r"[A-Za-z][A-Za-z0-9]*(\.[A-Za-z][A-Za-z0-9]*)+"
 _ERROR_CODE = re.compile(ERROR_CODE_PATTERN)
 
-KEY_ID = schema.Text(MAX_KEY_ID_CHARS)
 HANDLE = schema.Text(MAX_HANDLE_CHARS, pattern=r"[A-Za-z0-9_-]+")
 CIPHERTEXT_BLOB = schema.Blob(MAX_CIPHERTEXT_BLOB_BYTES, min_bytes=1)
-ENCRYPTION_CONTEXT = schema.TextMap(max_pairs=64, max_total_chars=8192)
-GRANT_TOKENS = schema.ListOf(10, schema.Text(8192))
 TIMESTAMP_MS = schema.Int(0, 2**63 - 1)
 REGION = schema.Text(64, pattern=r"[a-z]{2}(-[a-z0-9]+)+")
 
 
-def _kind(kind: schema.Kind, *, secret: bool = False, optional: bool = False) -> Any:
-    """A dataclass field of the given kind; secrets are kept out of repr."""
-    if optional:
-        return field(default=None, repr=not secret, metadata={"kind": kind})
-    return field(repr=not secret, metadata={"kind": kind})
-
-
-class Body:
-    """Base of request and result bodies: validation, and conversion to and from CBOR maps."""
+class Body(schema.Record):
+    """Base of request and result bodies: validation (`schema.Record`), and conversion to and
+    from CBOR maps."""
 
     operation: ClassVar[str]
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if value is None and f.default is None:
-                continue
-            object.__setattr__(self, f.name, f.metadata["kind"].check(f.name, value))
-        self._check()
-
-    def _check(self) -> None:
-        """Cross-field rules; raise LocalProtocolError."""
 
     def to_body(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -120,11 +112,11 @@ class SetCredentialsRequest(Body):
     operation = "SetCredentials"
     # IAM allows 16..128 word characters; test stand-ins ("test", moto's "testing") are shorter
     # and lower-case, and KMS itself refuses an unknown id, so only the character set is kept.
-    access_key_id: str = _kind(schema.Text(128, pattern=r"[A-Za-z0-9_]+"))
-    secret_access_key: str = _kind(schema.Text(128), secret=True)
-    region: str = _kind(REGION)
-    session_token: str | None = _kind(schema.Text(8192), secret=True, optional=True)
-    expiration_ms: int | None = _kind(TIMESTAMP_MS, optional=True)
+    access_key_id: str = kind_field(schema.Text(128, pattern=r"[A-Za-z0-9_]+"))
+    secret_access_key: str = kind_field(schema.Text(128), secret=True)
+    region: str = kind_field(REGION)
+    session_token: str | None = kind_field(schema.Text(8192), secret=True, optional=True)
+    expiration_ms: int | None = kind_field(TIMESTAMP_MS, optional=True)
 
 
 @dataclass(frozen=True)
@@ -133,46 +125,59 @@ class SetCredentialsResult(Body):
 
 
 @dataclass(frozen=True)
-class GenerateDataKeyRequest(Body):
+class GenerateDataKeyRequest(KeyRequest, Body):
+    """A KeyRequest on the wire, with `key_id` and exactly one of the two sizes required."""
+
     operation = "GenerateDataKey"
-    key_id: str = _kind(KEY_ID)
-    key_spec: str | None = _kind(schema.Text(16, choices=("AES_256", "AES_128")), optional=True)
-    number_of_bytes: int | None = _kind(schema.Int(1, 1024), optional=True)
-    encryption_context: dict[str, str] | None = _kind(ENCRYPTION_CONTEXT, optional=True)
-    grant_tokens: tuple[str, ...] | None = _kind(GRANT_TOKENS, optional=True)
 
     def _check(self) -> None:
+        if self.key_id is None:
+            raise LocalProtocolError(
+                f"missing field 'key_id' in {self.operation}", code=INVALID_FIELD
+            )
         _exactly_one(self, "key_spec", "number_of_bytes")
+
+    @property
+    def key(self) -> KeyRequest:
+        """The request as a plain KeyRequest (its fields are exactly those)."""
+        return KeyRequest(**self.fields())
 
 
 @dataclass(frozen=True)
 class GenerateDataKeyResult(Body):
     operation = "GenerateDataKey"
-    handle: str = _kind(HANDLE)
-    ciphertext_blob: bytes = _kind(CIPHERTEXT_BLOB)
-    key_id: str = _kind(KEY_ID)
+    handle: str = kind_field(HANDLE)
+    ciphertext_blob: bytes = kind_field(CIPHERTEXT_BLOB)
+    key_id: str = kind_field(KEY_ID)
 
 
 @dataclass(frozen=True)
 class LoadDataKeyRequest(Body):
     operation = "LoadDataKey"
-    ciphertext_blob: bytes = _kind(CIPHERTEXT_BLOB)
-    key_id: str | None = _kind(KEY_ID, optional=True)
-    encryption_context: dict[str, str] | None = _kind(ENCRYPTION_CONTEXT, optional=True)
-    grant_tokens: tuple[str, ...] | None = _kind(GRANT_TOKENS, optional=True)
+    ciphertext_blob: bytes = kind_field(CIPHERTEXT_BLOB)
+    key_id: str | None = kind_field(KEY_ID, optional=True)
+    encryption_context: dict[str, str] | None = kind_field(ENCRYPTION_CONTEXT, optional=True)
+    grant_tokens: tuple[str, ...] | None = kind_field(GRANT_TOKENS, optional=True)
+
+    @property
+    def key(self) -> KeyRequest:
+        """What KMS Decrypt needs besides the blob."""
+        return KeyRequest(
+            self.key_id, encryption_context=self.encryption_context, grant_tokens=self.grant_tokens
+        )
 
 
 @dataclass(frozen=True)
 class LoadDataKeyResult(Body):
     operation = "LoadDataKey"
-    handle: str = _kind(HANDLE)
-    key_id: str = _kind(KEY_ID)
+    handle: str = kind_field(HANDLE)
+    key_id: str = kind_field(KEY_ID)
 
 
 @dataclass(frozen=True)
 class ForgetKeyRequest(Body):
     operation = "ForgetKey"
-    handle: str = _kind(HANDLE)
+    handle: str = kind_field(HANDLE)
 
 
 @dataclass(frozen=True)
@@ -183,50 +188,64 @@ class ForgetKeyResult(Body):
 @dataclass(frozen=True)
 class SealRequest(Body):
     operation = "Seal"
-    plaintext: bytes = _kind(schema.Blob(MAX_SEAL_PLAINTEXT_BYTES), secret=True)
-    handle: str | None = _kind(HANDLE, optional=True)
-    key_id: str | None = _kind(KEY_ID, optional=True)
-    encryption_context: dict[str, str] | None = _kind(ENCRYPTION_CONTEXT, optional=True)
-    grant_tokens: tuple[str, ...] | None = _kind(GRANT_TOKENS, optional=True)
+    plaintext: bytes = kind_field(schema.Blob(MAX_SEAL_PLAINTEXT_BYTES), secret=True)
+    handle: str | None = kind_field(HANDLE, optional=True)
+    key_id: str | None = kind_field(KEY_ID, optional=True)
+    encryption_context: dict[str, str] | None = kind_field(ENCRYPTION_CONTEXT, optional=True)
+    grant_tokens: tuple[str, ...] | None = kind_field(GRANT_TOKENS, optional=True)
 
     def _check(self) -> None:
         _exactly_one(self, "handle", "key_id")
+
+    @property
+    def key(self) -> KeyRequest:
+        """The key to generate under (`key_id`, None with a handle), context and grant tokens."""
+        return KeyRequest(
+            self.key_id, encryption_context=self.encryption_context, grant_tokens=self.grant_tokens
+        )
 
 
 @dataclass(frozen=True)
 class SealResult(Body):
     operation = "Seal"
-    envelope: bytes = _kind(schema.Blob(MAX_ENVELOPE_BYTES, min_bytes=1))
-    key_id: str = _kind(KEY_ID)
-    handle: str | None = _kind(HANDLE, optional=True)
+    envelope: bytes = kind_field(schema.Blob(MAX_ENVELOPE_BYTES, min_bytes=1))
+    key_id: str = kind_field(KEY_ID)
+    handle: str | None = kind_field(HANDLE, optional=True)
 
 
 @dataclass(frozen=True)
 class UnsealRequest(Body):
     operation = "Unseal"
-    envelope: bytes = _kind(schema.Blob(MAX_ENVELOPE_BYTES, min_bytes=1))
-    encryption_context: dict[str, str] | None = _kind(ENCRYPTION_CONTEXT, optional=True)
-    grant_tokens: tuple[str, ...] | None = _kind(GRANT_TOKENS, optional=True)
+    envelope: bytes = kind_field(schema.Blob(MAX_ENVELOPE_BYTES, min_bytes=1))
+    encryption_context: dict[str, str] | None = kind_field(ENCRYPTION_CONTEXT, optional=True)
+    grant_tokens: tuple[str, ...] | None = kind_field(GRANT_TOKENS, optional=True)
+
+    @property
+    def key(self) -> KeyRequest:
+        """The context and grant tokens the caller presents (the key id is the envelope's)."""
+        return KeyRequest(
+            encryption_context=self.encryption_context, grant_tokens=self.grant_tokens
+        )
 
 
 @dataclass(frozen=True)
 class UnsealResult(Body):
     operation = "Unseal"
-    plaintext: bytes = _kind(schema.Blob(MAX_SEAL_PLAINTEXT_BYTES), secret=True)
-    key_id: str = _kind(KEY_ID)
+    plaintext: bytes = kind_field(schema.Blob(MAX_SEAL_PLAINTEXT_BYTES), secret=True)
+    key_id: str = kind_field(KEY_ID)
 
 
 @dataclass(frozen=True)
 class AttestRequest(Body):
     operation = "Attest"
-    nonce: bytes | None = _kind(schema.Blob(MAX_ATTEST_INPUT_BYTES), optional=True)
-    user_data: bytes | None = _kind(schema.Blob(MAX_ATTEST_INPUT_BYTES), optional=True)
+    nonce: bytes | None = kind_field(schema.Blob(MAX_ATTEST_INPUT_BYTES), optional=True)
+    user_data: bytes | None = kind_field(schema.Blob(MAX_ATTEST_INPUT_BYTES), optional=True)
 
 
 @dataclass(frozen=True)
 class AttestResult(Body):
     operation = "Attest"
-    document: bytes = _kind(schema.Blob(MAX_ATTESTATION_DOCUMENT_BYTES, min_bytes=1))
+    document: bytes = kind_field(schema.Blob(MAX_ATTESTATION_DOCUMENT_BYTES, min_bytes=1))
 
 
 @dataclass(frozen=True)
@@ -237,13 +256,13 @@ class DescribeRequest(Body):
 @dataclass(frozen=True)
 class DescribeResult(Body):
     operation = "Describe"
-    module_id: str = _kind(schema.Text(256))
-    pcrs: dict[int, bytes] = _kind(schema.PCRMap())
-    debug_mode: bool = _kind(schema.Bool())
-    service_version: str = _kind(schema.Text(64))
-    nsm_version: str = _kind(schema.Text(64))
-    digest: str = _kind(schema.Text(16))
-    locked_pcrs: tuple[int, ...] = _kind(schema.ListOf(32, schema.Int(0, 31)))
+    module_id: str = kind_field(schema.Text(256))
+    pcrs: dict[int, bytes] = kind_field(schema.PCRMap())
+    debug_mode: bool = kind_field(schema.Bool())
+    service_version: str = kind_field(schema.Text(64))
+    nsm_version: str = kind_field(schema.Text(64))
+    digest: str = kind_field(schema.Text(16))
+    locked_pcrs: tuple[int, ...] = kind_field(schema.ListOf(32, schema.Int(0, 31)))
 
 
 @dataclass(frozen=True)
@@ -254,15 +273,15 @@ class HealthRequest(Body):
 @dataclass(frozen=True)
 class HealthResult(Body):
     operation = "Health"
-    ready: bool = _kind(schema.Bool())
-    credentials_present: bool = _kind(schema.Bool())
-    key_pool_ready: int = _kind(schema.Int(0, 2**31))
-    key_pool_target: int = _kind(schema.Int(0, 2**31))
-    handles: int = _kind(schema.Int(0, 2**31))
-    credentials_expiration_ms: int | None = _kind(TIMESTAMP_MS, optional=True)
-    region: str | None = _kind(REGION, optional=True)
-    kms_reachable: bool | None = _kind(schema.Bool(), optional=True)
-    last_error: str | None = _kind(schema.Text(MAX_ERROR_MESSAGE_CHARS), optional=True)
+    ready: bool = kind_field(schema.Bool())
+    credentials_present: bool = kind_field(schema.Bool())
+    key_pool_ready: int = kind_field(schema.Int(0, 2**31))
+    key_pool_target: int = kind_field(schema.Int(0, 2**31))
+    handles: int = kind_field(schema.Int(0, 2**31))
+    credentials_expiration_ms: int | None = kind_field(TIMESTAMP_MS, optional=True)
+    region: str | None = kind_field(REGION, optional=True)
+    kms_reachable: bool | None = kind_field(schema.Bool(), optional=True)
+    last_error: str | None = kind_field(schema.Text(MAX_ERROR_MESSAGE_CHARS), optional=True)
 
 
 @dataclass(frozen=True)
@@ -397,26 +416,8 @@ def encode_response(response: Response) -> bytes:
     return _dumps(envelope)
 
 
-def _reject_tag(tag: cbor2.CBORTag, immutable: bool) -> object:
-    raise RemoteProtocolError(f"CBOR tag {tag.tag} is not allowed", code=MALFORMED_MESSAGE)
-
-
 def _load_envelope(data: bytes) -> dict[Any, Any]:
-    stream = io.BytesIO(data)
-    try:
-        decoder = cbor2.CBORDecoder(
-            stream, max_depth=MAX_CBOR_DEPTH, allow_duplicate_keys=False, tag_hook=_reject_tag
-        )
-        envelope = decoder.decode()
-    except RemoteProtocolError:
-        raise
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise RemoteProtocolError(f"undecodable CBOR: {exc}", code=MALFORMED_MESSAGE) from None
-    if stream.tell() != len(data):
-        raise RemoteProtocolError(
-            f"{len(data) - stream.tell()} bytes of trailing data after the message",
-            code=MALFORMED_MESSAGE,
-        )
+    envelope = loads(data, CBOR_LIMITS)
     if not isinstance(envelope, dict):
         raise RemoteProtocolError("message is not a CBOR map", code=MALFORMED_MESSAGE)
     version = envelope.get("v")

@@ -1,21 +1,22 @@
 """Field kinds for RPC message bodies: each validates a value and names the problem when it fails.
 
-Messages (proto/messages.py) are frozen dataclasses whose fields carry one of these kinds in their
-metadata. The same check runs when we build a message and when we decode one from the peer; only
-the error class differs (LocalProtocolError here, mapped to RemoteProtocolError by the decoder).
+Messages (proto/messages.py) and the KeyRequest they carry (proto/keys.py) are `Record`s: frozen
+dataclasses whose fields carry one of these kinds in their metadata (`kind_field`). The same check
+runs when we build a value and when we decode one from the peer; only the error class differs
+(LocalProtocolError here, mapped to RemoteProtocolError by the decoder).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nitrokms.proto.codes import INVALID_FIELD
 from nitrokms.proto.errors import LocalProtocolError
-
-INVALID_FIELD = "protocol.InvalidField"
 
 
 def _fail(name: str, problem: str) -> LocalProtocolError:
@@ -140,3 +141,26 @@ class PCRMap(Kind):
                 raise _fail(name, f"PCR{key} must be 32, 48 or 64 bytes")
             out[key] = item
         return out
+
+
+def kind_field(kind: Kind, *, secret: bool = False, optional: bool = False) -> Any:
+    """A dataclass field of the given kind (None when `optional`); secrets are kept out of repr."""
+    if optional:
+        return dataclasses.field(default=None, repr=not secret, metadata={"kind": kind})
+    return dataclasses.field(repr=not secret, metadata={"kind": kind})
+
+
+class Record:
+    """Base of frozen dataclasses made of `kind_field`s: every field is checked (and normalised,
+    e.g. a list to a tuple) at construction, then `_check` applies the cross-field rules."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is None and f.default is None:
+                continue
+            object.__setattr__(self, f.name, f.metadata["kind"].check(f.name, value))
+        self._check()
+
+    def _check(self) -> None:
+        """Cross-field rules; raise LocalProtocolError."""

@@ -12,13 +12,13 @@ from nitrokms.enclave.cms.decrypt import (
     inspect_enveloped_data,
     subject_key_identifier,
 )
-from nitrokms.enclave.cms.errors import (
+from nitrokms.enclave.cms.structure import MAX_BLOB_BYTES, EnvelopedInfo, RecipientInfo
+from nitrokms.enclave.errors import (
     CMSError,
     CMSFormatError,
     UnknownRecipientError,
     UnsupportedCMSError,
 )
-from nitrokms.enclave.cms.structure import MAX_BLOB_BYTES, EnvelopedInfo, RecipientInfo
 
 __all__ = [
     "MAX_BLOB_BYTES",

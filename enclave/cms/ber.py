@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-from nitrokms.enclave.cms.errors import CMSFormatError
+from nitrokms.enclave.errors import CMSFormatError
 
 MAX_DEPTH = 32
 MAX_ELEMENTS = 4096

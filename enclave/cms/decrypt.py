@@ -17,9 +17,8 @@ from cryptography.hazmat.primitives import hashes, padding, serialization
 from cryptography.hazmat.primitives.asymmetric.padding import MGF1, OAEP
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from nitrokms.enclave.cms.errors import UnknownRecipientError, UnsupportedCMSError
 from nitrokms.enclave.cms.structure import EnvelopedInfo, RecipientInfo, parse_enveloped_data
-from nitrokms.enclave.errors import DecryptionError
+from nitrokms.enclave.errors import DecryptionError, UnknownRecipientError, UnsupportedCMSError
 
 CONTENT_KEY_BYTES = 32
 _OAEP_SHA256 = OAEP(mgf=MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)

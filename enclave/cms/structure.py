@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from nitrokms.enclave.cms import ber
 from nitrokms.enclave.cms.ber import CONTEXT, UNIVERSAL, Element
-from nitrokms.enclave.cms.errors import CMSFormatError
+from nitrokms.enclave.errors import CMSFormatError
 
 MAX_BLOB_BYTES = 64 * 1024
 MAX_RECIPIENTS = 16

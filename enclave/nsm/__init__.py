@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from nitrokms.enclave.errors import NSMError, NSMErrorCode, NSMUnavailableError
 from nitrokms.enclave.nsm.backend import NSMBackend, NSMTransport, TransportBackend
 from nitrokms.enclave.nsm.client import NSMClient
 from nitrokms.enclave.nsm.codec import NSMDescription, PCRState
 from nitrokms.enclave.nsm.device import DEFAULT_DEVICE_PATH, DeviceTransport
-from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode, NSMUnavailableError
 from nitrokms.enclave.nsm.libnsm import LibNSMBackend
 
 __all__ = [

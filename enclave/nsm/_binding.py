@@ -2,7 +2,8 @@
 
 ABI mode (no compiler in the enclave image). Two C surfaces are declared: libc's `ioctl` with the
 NSM driver's `struct nsm_raw` (spec 1.1), and AWS libnsm's C API (spec 2). Every return code from
-either goes through `check()`, which turns it into NSMError.
+either goes through `check()`, which turns it into NSMError, and every reply length either writes
+back goes through `reply_length()`, which refuses one longer than the buffer it was given.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import threading
 from typing import Any
 
 from cffi import FFI
-from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode, NSMUnavailableError
+from nitrokms.enclave.errors import NSMError, NSMErrorCode, NSMUnavailableError
 
 NSM_IOCTL_RAW = 0xC0200A00
 LIBNSM_ENV = "NITROKMS_LIBNSM"
 LIBNSM_NAME = "libnsm.so"
+MODULE_ID_CAPACITY = 100  # NsmDescription.module_id[100]; libnsm writes at most 99 and a NUL
+LOCKED_PCRS_CAPACITY = 64  # NsmDescription.locked_pcrs[64]
 
 ffi = FFI()
 ffi.cdef(
@@ -102,10 +105,22 @@ def ioctl_exchange(fd: int, request: bytes, capacity: int) -> bytes:
     raw.response.len = capacity
     rc = _get_libc().ioctl(fd, NSM_IOCTL_RAW, raw)
     check(rc, errno=ffi.errno if rc == -1 else 0, what="NSM ioctl")
-    length = int(raw.response.len)
+    return bytes(ffi.buffer(response_buf, reply_length(raw.response.len, capacity, "NSM ioctl")))
+
+
+def reply_length(reported: int, capacity: int, what: str) -> int:
+    """The reply length a driver or libnsm wrote back, refused when it exceeds the buffer.
+
+    Reading past `capacity` would leak process memory and clipping would hand back a truncated
+    reply as if it were whole, so both backends raise NSMError(InternalError) instead.
+    """
+    length = int(reported)
     if length > capacity:
-        raise NSMError(NSMErrorCode.InternalError, "NSM driver reported an oversized reply")
-    return bytes(ffi.buffer(response_buf, length))
+        raise NSMError(
+            NSMErrorCode.InternalError,
+            f"{what} reported a {length}-byte reply for a {capacity}-byte buffer",
+        )
+    return length
 
 
 def load_libnsm(path: str | None = None) -> Any:
@@ -149,13 +164,13 @@ class LibNSM:
             args += [ffi.NULL, 0] if value is None else [ffi.from_buffer(value), len(value)]
         rc = self._lib.nsm_get_attestation_doc(self._fd, *args, out, out_len)
         check(rc, what="nsm_get_attestation_doc")
-        return bytes(ffi.buffer(out, min(int(out_len[0]), capacity)))
+        return _reply(out, out_len, capacity, "nsm_get_attestation_doc")
 
     def get_random(self, capacity: int) -> bytes:
         out = ffi.new("uint8_t[]", capacity)
         out_len = ffi.new("uintptr_t *", capacity)
         check(self._lib.nsm_get_random(self._fd, out, out_len), what="nsm_get_random")
-        return bytes(ffi.buffer(out, min(int(out_len[0]), capacity)))
+        return _reply(out, out_len, capacity, "nsm_get_random")
 
     def describe_pcr(self, index: int, capacity: int) -> tuple[bool, bytes]:
         lock = ffi.new("bool *")
@@ -163,7 +178,7 @@ class LibNSM:
         out_len = ffi.new("uint32_t *", capacity)
         rc = self._lib.nsm_describe_pcr(self._fd, index, lock, out, out_len)
         check(rc, what="nsm_describe_pcr")
-        return bool(lock[0]), bytes(ffi.buffer(out, min(int(out_len[0]), capacity)))
+        return bool(lock[0]), _reply(out, out_len, capacity, "nsm_describe_pcr")
 
     def extend_pcr(self, index: int, data: bytes, capacity: int) -> bytes:
         out = ffi.new("uint8_t[]", capacity)
@@ -172,7 +187,7 @@ class LibNSM:
             self._fd, index, ffi.from_buffer(data), len(data), out, out_len
         )
         check(rc, what="nsm_extend_pcr")
-        return bytes(ffi.buffer(out, min(int(out_len[0]), capacity)))
+        return _reply(out, out_len, capacity, "nsm_extend_pcr")
 
     def lock_pcr(self, index: int) -> None:
         check(self._lib.nsm_lock_pcr(self._fd, index), what="nsm_lock_pcr")
@@ -183,8 +198,8 @@ class LibNSM:
     def get_description(self) -> dict[str, Any]:
         desc = ffi.new("NsmDescription *")
         check(self._lib.nsm_get_description(self._fd, desc), what="nsm_get_description")
-        id_len = min(int(desc.module_id_len), 99)
-        pcr_len = min(int(desc.locked_pcrs_len), 64)
+        id_len = reply_length(desc.module_id_len, MODULE_ID_CAPACITY, "nsm_get_description")
+        pcr_len = reply_length(desc.locked_pcrs_len, LOCKED_PCRS_CAPACITY, "nsm_get_description")
         return {
             "version_major": int(desc.version_major),
             "version_minor": int(desc.version_minor),
@@ -194,6 +209,10 @@ class LibNSM:
             "locked_pcrs": tuple(sorted({int(desc.locked_pcrs[i]) for i in range(pcr_len)})),
             "digest": int(desc.digest),
         }
+
+
+def _reply(out: Any, out_len: Any, capacity: int, what: str) -> bytes:
+    return bytes(ffi.buffer(out, reply_length(out_len[0], capacity, what)))
 
 
 def layout() -> dict[str, int]:

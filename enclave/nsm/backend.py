@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Protocol, TypeVar
 
+from nitrokms.enclave.errors import NSMError, NSMErrorCode
 from nitrokms.enclave.nsm import codec
 from nitrokms.enclave.nsm.codec import NSMDescription, PCRState
-from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode
 
 
 class NSMTransport(Protocol):

@@ -10,10 +10,10 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Literal
 
+from nitrokms.enclave.errors import NSMError, NSMErrorCode, NSMUnavailableError
 from nitrokms.enclave.nsm.backend import NSMBackend, TransportBackend
 from nitrokms.enclave.nsm.codec import NSMDescription, PCRState
 from nitrokms.enclave.nsm.device import DEFAULT_DEVICE_PATH, DeviceTransport
-from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode, NSMUnavailableError
 from nitrokms.enclave.nsm.libnsm import LibNSMBackend
 
 BackendChoice = Literal["auto", "device", "libnsm"]

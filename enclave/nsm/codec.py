@@ -13,17 +13,20 @@ request is `InvalidArgument`, an unknown request variant `InvalidOperation`.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import cbor2
-from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode
+from nitrokms.enclave.errors import NSMError, NSMErrorCode
+from nitrokms.proto.cbor import CBORDecodeError, CBORLimits, loads
 
 MAX_REQUEST_BYTES = 0x1000
 MAX_RESPONSE_BYTES = 0x3000
 MAX_CBOR_DEPTH = 8
+MAX_CBOR_ITEMS = 1024
+"""The largest message, DescribeNSM, has 16 items plus one per locked PCR (at most 64 in libnsm)."""
+CBOR_LIMITS = CBORLimits(MAX_RESPONSE_BYTES, MAX_CBOR_ITEMS, MAX_CBOR_DEPTH)
 DIGESTS = ("SHA256", "SHA384", "SHA512")
 
 _U16_MAX = 0xFFFF
@@ -303,17 +306,10 @@ class _MalformedError(Exception):
 
 
 def _loads(data: bytes) -> object:
-    stream = io.BytesIO(data)
     try:
-        decoder = cbor2.CBORDecoder(stream, max_depth=MAX_CBOR_DEPTH, allow_duplicate_keys=False)
-        value = decoder.decode()
-    except (cbor2.CBORError, ValueError, TypeError, LookupError, ArithmeticError) as exc:
-        raise _MalformedError(f"invalid CBOR: {exc}") from None
-    except RecursionError:
-        raise _MalformedError("invalid CBOR: nested too deeply") from None
-    if stream.tell() != len(data):
-        raise _MalformedError("trailing bytes after the CBOR item")
-    return value
+        return loads(data, CBOR_LIMITS)
+    except CBORDecodeError as exc:
+        raise _MalformedError(f"invalid CBOR: {exc.message}") from None
 
 
 def _convert(fld: _Field, value: object) -> object:  # noqa: PLR0911

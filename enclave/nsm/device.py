@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import threading
 
+from nitrokms.enclave.errors import NSMError, NSMErrorCode, NSMUnavailableError
 from nitrokms.enclave.nsm import _binding
 from nitrokms.enclave.nsm.codec import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
-from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode, NSMUnavailableError
 
 DEFAULT_DEVICE_PATH = "/dev/nsm"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from nitrokms.enclave.errors import NSMError, NSMErrorCode
 from nitrokms.enclave.nsm import _binding
 from nitrokms.enclave.nsm.codec import DIGESTS, NSMDescription, PCRState
-from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode
 
 ATTESTATION_CAPACITY_BYTES = 16 * 1024
 PCR_CAPACITY_BYTES = 64

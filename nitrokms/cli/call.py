@@ -2,8 +2,9 @@
 
 Human output by default, `--json` for scripts (bytes as base64; PCR values as hex, the form KMS
 policy conditions use). Exit 0 on success, 1 on a remote or connection error (one line on stderr:
-code and message), 2 on a usage error. SetCredentials is deliberately absent: secrets never go on
-argv; `nitrokms credentials` pushes them.
+code and message), 2 on a usage error (arguments that cannot form a valid request included).
+SetCredentials is deliberately absent: secrets never go on argv; `nitrokms credentials` pushes
+them.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from nitrokms.cli import CLIError, examples
 from nitrokms.cli._blobs import decode_text_blob, parse_hex, read_input, write_private
 from nitrokms.parent.rpc.client import DEFAULT_TIMEOUT_S, AsyncEnclaveClient
 from nitrokms.parent.rpc.endpoint import enclave_address
-from nitrokms.parent.rpc.errors import RPCError
+from nitrokms.parent.rpc.errors import InvalidRequestError, RPCError
 from nitrokms.proto import messages as m
-from nitrokms.proto.errors import AddressError
+from nitrokms.proto.errors import AddressError, LocalProtocolError
+from nitrokms.proto.keys import KeyRequest
 
 DEFAULT_CONNECT_TIMEOUT_S = 2.0
 MAX_ENVELOPE_TEXT_BYTES = 2 * m.MAX_ENVELOPE_BYTES
@@ -113,6 +115,8 @@ def _handler(operation: Operation) -> Callable[[argparse.Namespace], int]:
         client = make_client(args)
         try:
             output = asyncio.run(_run(client, operation, args))
+        except InvalidRequestError as exc:  # nothing was sent: the arguments are at fault
+            raise CLIError(str(exc), exit_code=2) from None
         except RPCError as exc:
             raise CLIError(str(exc)) from None
         refusal = output.pop("_refusal", None)
@@ -196,14 +200,22 @@ def _configure_generate(parser: argparse.ArgumentParser) -> None:
     _add_context(parser)
 
 
+def _key_request(args: argparse.Namespace) -> KeyRequest:
+    """The key request the arguments spell. Raises CLIError (exit 2) when it is not valid."""
+    try:
+        return KeyRequest(
+            args.key_id,
+            args.key_spec,
+            args.number_of_bytes,
+            _context(args),
+            tuple(args.grant_token) if args.grant_token else None,
+        )
+    except LocalProtocolError as exc:
+        raise CLIError(exc.message, exit_code=2) from None
+
+
 async def _generate(client: AsyncEnclaveClient, args: argparse.Namespace) -> Output:
-    result = await client.generate_data_key(
-        args.key_id,
-        key_spec=args.key_spec,
-        number_of_bytes=args.number_of_bytes,
-        encryption_context=_context(args),
-        grant_tokens=args.grant_token,
-    )
+    result = await client.generate_data_key(_key_request(args))
     return {
         "handle": result.handle,
         "key_id": result.key_id,

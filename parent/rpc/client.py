@@ -33,13 +33,14 @@ from nitrokms.proto.addresses import Address, parse_address
 from nitrokms.proto.connection import DEFAULT_MAX_IN_FLIGHT
 from nitrokms.proto.errors import LocalProtocolError, ProtocolError
 from nitrokms.proto.framing import DEFAULT_MAX_FRAME_BYTES
+from nitrokms.proto.keys import KeyRequest
 from nitrokms.transport.sockets import open_connection
 
 DEFAULT_TIMEOUT_S: Final = 30.0
 DEFAULT_CONNECT_TIMEOUT_S: Final = 5.0
 
 R = TypeVar("R", bound=m.Body)
-B = TypeVar("B", bound=m.Body)
+B = TypeVar("B", bound=m.Body | KeyRequest)
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,14 @@ class Backoff:
 
 
 def build(cls: type[B], **fields: Any) -> B:
-    """Construct a request body, turning a validation failure into InvalidRequestError."""
+    """Construct a request body or KeyRequest, turning a validation failure into
+    InvalidRequestError."""
     try:
         return cls(**{k: v for k, v in fields.items() if v is not None})
     except LocalProtocolError as exc:
         raise InvalidRequestError(exc.message, code=exc.code) from None
     except TypeError as exc:
-        raise InvalidRequestError(f"{cls.operation}: {exc}") from None
+        raise InvalidRequestError(f"{getattr(cls, 'operation', cls.__name__)}: {exc}") from None
 
 
 def expiration_ms(expiration: datetime | None) -> int | None:
@@ -164,7 +166,7 @@ class AsyncEnclaveClient:
 
     async def generate_data_key(
         self,
-        key_id: str,
+        key_id: str | KeyRequest,
         *,
         key_spec: str | None = None,
         number_of_bytes: int | None = None,
@@ -172,16 +174,19 @@ class AsyncEnclaveClient:
         grant_tokens: list[str] | tuple[str, ...] | None = None,
         timeout_s: float | None = None,
     ) -> m.GenerateDataKeyResult:
-        if key_spec is None and number_of_bytes is None:
-            key_spec = "AES_256"
-        body = build(
-            m.GenerateDataKeyRequest,
-            key_id=key_id,
-            key_spec=key_spec,
-            number_of_bytes=number_of_bytes,
-            encryption_context=encryption_context,
-            grant_tokens=grant_tokens,
-        )
+        """A new data key, held in the enclave: AES_256 unless a size is named. `key_id` may be
+        a whole KeyRequest instead, and then none of the other key fields may be given."""
+        fields = {
+            "key_spec": key_spec,
+            "number_of_bytes": number_of_bytes,
+            "encryption_context": encryption_context,
+            "grant_tokens": grant_tokens,
+        }
+        if not isinstance(key_id, KeyRequest):
+            key_id = build(KeyRequest, key_id=key_id, **fields)
+        elif any(value is not None for value in fields.values()):
+            raise InvalidRequestError("give a KeyRequest or the key fields, not both")
+        body = build(m.GenerateDataKeyRequest, **key_id.sized().fields())
         return await self.call(body, m.GenerateDataKeyResult, timeout_s=timeout_s)
 
     async def load_data_key(

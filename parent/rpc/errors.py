@@ -11,23 +11,21 @@ from __future__ import annotations
 
 from typing import Final
 
+from nitrokms.proto import codes
+from nitrokms.proto.codes import Family
+from nitrokms.proto.errors import CodedError
 from nitrokms.proto.messages import ErrorReply
 
-TIMEOUT: Final = "client.Timeout"
-CONNECTION_FAILED: Final = "client.ConnectionFailed"
-CONNECTION_LOST: Final = "client.ConnectionLost"
-CLIENT_CLOSED: Final = "client.Closed"
+TIMEOUT: Final = codes.CLIENT_TIMEOUT
+CONNECTION_FAILED: Final = codes.CONNECTION_FAILED
+CONNECTION_LOST: Final = codes.CONNECTION_LOST
+CLIENT_CLOSED: Final = codes.CLIENT_CLOSED
 
 
-class RPCError(Exception):
+class RPCError(CodedError):
     """Root of every error raised by the enclave RPC client; `code` is stable and namespaced."""
 
-    default_code = "client.Error"
-
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code or self.default_code
+    default_code = codes.CLIENT_ERROR
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
@@ -36,7 +34,7 @@ class RPCError(Exception):
 class InvalidRequestError(RPCError, ValueError):
     """The arguments cannot form a valid request; nothing was sent."""
 
-    default_code = "protocol.InvalidField"
+    default_code = codes.INVALID_FIELD
 
 
 class RPCTimeoutError(RPCError, TimeoutError):
@@ -57,13 +55,13 @@ class BrokenStreamError(RPCConnectionError):
     `code` is the proto error's code (e.g. `protocol.MalformedFrame`).
     """
 
-    default_code = "protocol.MalformedMessage"
+    default_code = codes.MALFORMED_MESSAGE
 
 
 class RemoteError(RPCError):
     """The enclave answered the request with an error reply."""
 
-    default_code = "enclave.Error"
+    default_code = codes.ENCLAVE_ERROR
 
     def __init__(
         self,
@@ -85,58 +83,53 @@ class RemoteError(RPCError):
 class KMSError(RemoteError):
     """KMS refused or failed the call the enclave made (`kms.*`)."""
 
-    default_code = "kms.Error"
+    default_code = codes.KMS_ERROR
 
 
 class AccessDeniedError(KMSError):
     """A key policy or IAM denied the call (`kms.AccessDeniedException`)."""
 
-    default_code = "kms.AccessDeniedException"
+    default_code = codes.KMS_ACCESS_DENIED
 
 
 class CredentialsError(RemoteError):
     """The enclave has no usable AWS credentials (`enclave.Credentials*`)."""
 
-    default_code = "enclave.CredentialsMissing"
+    default_code = codes.CREDENTIALS_MISSING
 
 
 class ProtocolViolationError(RemoteError):
     """The enclave rejected the request as malformed or unsupported (`protocol.*`)."""
 
-    default_code = "protocol.MalformedMessage"
+    default_code = codes.MALFORMED_MESSAGE
 
 
 class NSMError(RemoteError):
     """The Nitro Secure Module refused the request (`nsm.*`)."""
 
-    default_code = "nsm.Error"
+    default_code = codes.NSM_ERROR
 
 
 class DecryptionFailedError(RemoteError):
     """The envelope or ciphertext could not be decrypted (`crypto.DecryptionFailed`)."""
 
-    default_code = "crypto.DecryptionFailed"
+    default_code = codes.DECRYPTION_FAILED
 
 
-_BY_CODE: Final[dict[str, type[RemoteError]]] = {
-    "kms.AccessDeniedException": AccessDeniedError,
-    "crypto.DecryptionFailed": DecryptionFailedError,
-}
-_BY_NAMESPACE: Final[dict[str, type[RemoteError]]] = {
-    "kms": KMSError,
-    "protocol": ProtocolViolationError,
-    "nsm": NSMError,
+_BY_FAMILY: Final[dict[Family, type[RemoteError]]] = {
+    Family.PROTOCOL: ProtocolViolationError,
+    Family.KMS: KMSError,
+    Family.ACCESS_DENIED: AccessDeniedError,
+    Family.CREDENTIALS: CredentialsError,
+    Family.NSM: NSMError,
+    Family.DECRYPTION: DecryptionFailedError,
+    Family.OTHER: RemoteError,
 }
 
 
 def remote_error_class(code: str) -> type[RemoteError]:
-    """The exception class for a wire error code: exact code, then namespace, then RemoteError."""
-    if code in _BY_CODE:
-        return _BY_CODE[code]
-    namespace, _, name = code.partition(".")
-    if namespace == "enclave" and name.startswith("Credentials"):
-        return CredentialsError
-    return _BY_NAMESPACE.get(namespace, RemoteError)
+    """The exception class for a wire error code: one per family in `proto.codes`."""
+    return _BY_FAMILY[codes.family(code)]
 
 
 def error_from_reply(reply: ErrorReply) -> RemoteError:

@@ -3,16 +3,18 @@
 One loop thread per client owns the connection, so the blocking API keeps every property of the
 async one (one read loop, many requests in flight, out-of-order replies) and any number of threads
 can share a client: each call is submitted to the loop and the calling thread waits for its result.
+Each operation is the async method itself, wrapped by `_blocking`, so the two APIs cannot drift:
+same arguments, defaults, timeouts, results and errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-from collections.abc import Coroutine
-from datetime import datetime
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from nitrokms.parent.rpc.client import (
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -21,11 +23,24 @@ from nitrokms.parent.rpc.client import (
     Backoff,
 )
 from nitrokms.parent.rpc.errors import CLIENT_CLOSED, RPCConnectionError
-from nitrokms.proto import messages as m
 from nitrokms.proto.addresses import Address
 
 T = TypeVar("T")
-R = TypeVar("R", bound=m.Body)
+P = ParamSpec("P")
+
+
+def _blocking(
+    method: Callable[Concatenate[AsyncEnclaveClient, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[EnclaveClient, P], T]:
+    """The blocking twin of an AsyncEnclaveClient method: run it on the client's loop, wait."""
+
+    @functools.wraps(method)
+    def blocking(self: EnclaveClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(method(self._async, *args, **kwargs))
+
+    blocking.__module__ = __name__
+    blocking.__qualname__ = f"EnclaveClient.{method.__name__}"
+    return blocking
 
 
 class EnclaveClient:
@@ -100,139 +115,16 @@ class EnclaveClient:
             future.cancel()
             raise
 
-    # --- operations (see AsyncEnclaveClient for arguments and errors) -----------------------
+    # --- operations: AsyncEnclaveClient's own, blocking (see it for arguments and errors) -----
 
-    def set_credentials(
-        self,
-        access_key_id: str,
-        secret_access_key: str,
-        region: str,
-        session_token: str | None = None,
-        expiration: datetime | None = None,
-        *,
-        timeout_s: float | None = None,
-    ) -> None:
-        self._run(
-            self._async.set_credentials(
-                access_key_id,
-                secret_access_key,
-                region,
-                session_token,
-                expiration,
-                timeout_s=timeout_s,
-            )
-        )
-
-    def generate_data_key(
-        self,
-        key_id: str,
-        *,
-        key_spec: str | None = None,
-        number_of_bytes: int | None = None,
-        encryption_context: dict[str, str] | None = None,
-        grant_tokens: list[str] | tuple[str, ...] | None = None,
-        timeout_s: float | None = None,
-    ) -> m.GenerateDataKeyResult:
-        return self._run(
-            self._async.generate_data_key(
-                key_id,
-                key_spec=key_spec,
-                number_of_bytes=number_of_bytes,
-                encryption_context=encryption_context,
-                grant_tokens=grant_tokens,
-                timeout_s=timeout_s,
-            )
-        )
-
-    def load_data_key(
-        self,
-        ciphertext_blob: bytes,
-        *,
-        key_id: str | None = None,
-        encryption_context: dict[str, str] | None = None,
-        grant_tokens: list[str] | tuple[str, ...] | None = None,
-        timeout_s: float | None = None,
-    ) -> m.LoadDataKeyResult:
-        return self._run(
-            self._async.load_data_key(
-                ciphertext_blob,
-                key_id=key_id,
-                encryption_context=encryption_context,
-                grant_tokens=grant_tokens,
-                timeout_s=timeout_s,
-            )
-        )
-
-    def forget_key(self, handle: str, *, timeout_s: float | None = None) -> None:
-        self._run(self._async.forget_key(handle, timeout_s=timeout_s))
-
-    def seal(
-        self,
-        plaintext: bytes,
-        *,
-        handle: str | None = None,
-        key_id: str | None = None,
-        encryption_context: dict[str, str] | None = None,
-        grant_tokens: list[str] | tuple[str, ...] | None = None,
-        timeout_s: float | None = None,
-    ) -> m.SealResult:
-        return self._run(
-            self._async.seal(
-                plaintext,
-                handle=handle,
-                key_id=key_id,
-                encryption_context=encryption_context,
-                grant_tokens=grant_tokens,
-                timeout_s=timeout_s,
-            )
-        )
-
-    def unseal(
-        self,
-        envelope: bytes,
-        *,
-        encryption_context: dict[str, str] | None = None,
-        grant_tokens: list[str] | tuple[str, ...] | None = None,
-        timeout_s: float | None = None,
-    ) -> bytes:
-        return self.unseal_result(
-            envelope,
-            encryption_context=encryption_context,
-            grant_tokens=grant_tokens,
-            timeout_s=timeout_s,
-        ).plaintext
-
-    def unseal_result(
-        self,
-        envelope: bytes,
-        *,
-        encryption_context: dict[str, str] | None = None,
-        grant_tokens: list[str] | tuple[str, ...] | None = None,
-        timeout_s: float | None = None,
-    ) -> m.UnsealResult:
-        return self._run(
-            self._async.unseal_result(
-                envelope,
-                encryption_context=encryption_context,
-                grant_tokens=grant_tokens,
-                timeout_s=timeout_s,
-            )
-        )
-
-    def attest(
-        self,
-        nonce: bytes | None = None,
-        user_data: bytes | None = None,
-        *,
-        timeout_s: float | None = None,
-    ) -> bytes:
-        return self._run(self._async.attest(nonce, user_data, timeout_s=timeout_s))
-
-    def describe(self, *, timeout_s: float | None = None) -> m.DescribeResult:
-        return self._run(self._async.describe(timeout_s=timeout_s))
-
-    def health(self, *, timeout_s: float | None = None) -> m.HealthResult:
-        return self._run(self._async.health(timeout_s=timeout_s))
-
-    def call(self, body: m.Body, result_type: type[R], *, timeout_s: float | None = None) -> R:
-        return self._run(self._async.call(body, result_type, timeout_s=timeout_s))
+    set_credentials = _blocking(AsyncEnclaveClient.set_credentials)
+    generate_data_key = _blocking(AsyncEnclaveClient.generate_data_key)
+    load_data_key = _blocking(AsyncEnclaveClient.load_data_key)
+    forget_key = _blocking(AsyncEnclaveClient.forget_key)
+    seal = _blocking(AsyncEnclaveClient.seal)
+    unseal = _blocking(AsyncEnclaveClient.unseal)
+    unseal_result = _blocking(AsyncEnclaveClient.unseal_result)
+    attest = _blocking(AsyncEnclaveClient.attest)
+    describe = _blocking(AsyncEnclaveClient.describe)
+    health = _blocking(AsyncEnclaveClient.health)
+    call = _blocking(AsyncEnclaveClient.call)

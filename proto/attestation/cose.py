@@ -1,17 +1,16 @@
 """COSE_Sign1 (RFC 9052) as the NSM uses it: ES384 only, external_aad empty, no detached payload.
 
-Decoding uses cbor2 directly with hardening (depth limit, duplicate keys refused, semantic tags
-that build sets, datetimes, bignums or shared references refused). The payload and protected
-header are kept exactly as received; the signature is checked over the Sig_structure built from
-those bytes, never from a re-encoding.
+Decoding goes through the shared loader (`proto.cbor`): size, item-count and depth limits, duplicate
+keys refused, no tag but COSE_Sign1's own 18. The payload and protected header are kept exactly as
+received; the signature is checked over the Sig_structure built from those bytes, never from a
+re-encoding.
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
@@ -19,50 +18,33 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from nitrokms.proto.attestation.errors import BadSignatureError, MalformedError
+from nitrokms.proto.cbor import CBORDecodeError, CBORLimits, loads
 
 MAX_DOCUMENT_BYTES = 16 * 1024
 """A real document is ~4.5 KB and the NSM caps its response at 12288 bytes; 16 KiB leaves room
 for a tag and foreign encoders while bounding the work spent on junk."""
 MAX_CBOR_DEPTH = 8
+MAX_CBOR_ITEMS = 512
+"""A document with 32 PCRs and a 16-certificate bundle has about 110 items; a real one about 60."""
 COSE_SIGN1_TAG = 18
 ALG_ES384 = -35
 HEADER_ALG = 1
 ES384_SIGNATURE_BYTES = 96
 ES384_COORDINATE_BYTES = 48
-
-
-def _refuse_tag(*_args: Any) -> NoReturn:
-    raise cbor2.CBORDecodeError("semantic tag not allowed")
-
-
-_REFUSED_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 100, 256, 258, 260, 261, 1004, 55799)
-_SEMANTIC_DECODERS: dict[int, Callable[..., Any]] = dict.fromkeys(_REFUSED_TAGS, _refuse_tag)
+CBOR_LIMITS = CBORLimits(
+    MAX_DOCUMENT_BYTES, MAX_CBOR_ITEMS, MAX_CBOR_DEPTH, tags=frozenset({COSE_SIGN1_TAG})
+)
 
 
 def decode_cbor(data: bytes, what: str) -> Any:
-    """Decode exactly one CBOR item with hardening; trailing bytes are refused.
+    """Decode exactly one CBOR item within CBOR_LIMITS; trailing bytes are refused.
 
     Raises MalformedError naming `what` on any decoding failure.
     """
-    stream = io.BytesIO(data)
     try:
-        item = cbor2.CBORDecoder(
-            stream,
-            read_size=1,
-            max_depth=MAX_CBOR_DEPTH,
-            allow_duplicate_keys=False,
-            semantic_decoders=_SEMANTIC_DECODERS,
-        ).decode()
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise MalformedError(f"malformed: {what} is not valid CBOR ({_first_line(exc)})") from None
-    if stream.tell() != len(data):
-        raise MalformedError(f"malformed: {what} has {len(data) - stream.tell()} trailing bytes")
-    return item
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()
-    return text[0][:120] if text else type(exc).__name__
+        return loads(data, CBOR_LIMITS)
+    except CBORDecodeError as exc:
+        raise MalformedError(f"malformed: {what} is not valid CBOR ({exc.message})") from None
 
 
 @dataclass(frozen=True)

@@ -6,76 +6,77 @@ secrets (documents hold none; the messages name certificates, PCR indices and ti
 
 from __future__ import annotations
 
+from nitrokms.proto import codes
 from nitrokms.proto.errors import ProtocolError
 
 
 class AttestationError(ProtocolError):
     """Root of every attestation failure; `code` says which check failed."""
 
-    default_code = "attestation.Error"
+    default_code = codes.ATTESTATION_ERROR
 
 
 class MalformedError(AttestationError):
     """The bytes are not a well-formed attestation document (CBOR, COSE or payload rules)."""
 
-    default_code = "attestation.Malformed"
+    default_code = codes.ATTESTATION_MALFORMED
 
 
 class BadSignatureError(AttestationError):
     """The COSE signature or a certificate signature in the chain does not verify."""
 
-    default_code = "attestation.BadSignature"
+    default_code = codes.ATTESTATION_BAD_SIGNATURE
 
 
 class UntrustedRootError(AttestationError):
     """The chain does not end at the pinned root, or the pinned root itself is unusable."""
 
-    default_code = "attestation.UntrustedRoot"
+    default_code = codes.ATTESTATION_UNTRUSTED_ROOT
 
 
 class ExpiredError(AttestationError):
     """A certificate of the chain had expired at the verification time."""
 
-    default_code = "attestation.Expired"
+    default_code = codes.ATTESTATION_EXPIRED
 
 
 class NotYetValidError(AttestationError):
     """A certificate of the chain was not yet valid at the verification time."""
 
-    default_code = "attestation.NotYetValid"
+    default_code = codes.ATTESTATION_NOT_YET_VALID
 
 
 class BadChainError(AttestationError):
     """The chain breaks a structural rule: names, constraints, key usage, algorithms."""
 
-    default_code = "attestation.BadChain"
+    default_code = codes.ATTESTATION_BAD_CHAIN
 
 
 class PCRMismatchError(AttestationError):
     """A PCR differs from the expected value (the message names the PCR)."""
 
-    default_code = "attestation.PCRMismatch"
+    default_code = codes.ATTESTATION_PCR_MISMATCH
 
 
 class NonceMismatchError(AttestationError):
     """The document's nonce is not the expected one."""
 
-    default_code = "attestation.NonceMismatch"
+    default_code = codes.ATTESTATION_NONCE_MISMATCH
 
 
 class TooOldError(AttestationError):
     """The document's timestamp is older than the allowed maximum age."""
 
-    default_code = "attestation.TooOld"
+    default_code = codes.ATTESTATION_TOO_OLD
 
 
 class FromFutureError(AttestationError):
     """The document's timestamp lies after the verification time by more than the allowed skew."""
 
-    default_code = "attestation.FromFuture"
+    default_code = codes.ATTESTATION_FROM_FUTURE
 
 
 class DebugModeError(AttestationError):
     """The document comes from a debug-mode enclave (PCR0-2 all zero) and debug was not allowed."""
 
-    default_code = "attestation.DebugMode"
+    default_code = codes.ATTESTATION_DEBUG_MODE

@@ -1,8 +1,8 @@
 """The simulated NSM device: a pure state machine from request bytes to response bytes.
 
-It speaks the real CBOR protocol (decoded and encoded with the production codec, whose golden
-bytes are pinned by tests) and applies the PCR rules of spec 1.4. Which ErrorCode the real NSM
-returns for each misuse is UNCONFIRMED; this simulator's mapping is:
+It speaks the real CBOR protocol (decoded and encoded with the production codec, pinned by
+tests to bytes AWS's nsm-api produced: tests/vectors/nsm) and applies the PCR rules of spec 1.4.
+Which ErrorCode the real NSM returns for each misuse is UNCONFIRMED; this simulator's mapping is:
 
 | misuse                                                   | ErrorCode        |
 |----------------------------------------------------------|------------------|
@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+from nitrokms.enclave.errors import NSMError, NSMErrorCode
 from nitrokms.enclave.nsm import codec
-from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode
 
 PCR_COUNT = 32
 PCR_BYTES = 48

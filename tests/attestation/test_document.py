@@ -122,7 +122,7 @@ def test_payload_must_be_a_map(pki: SimulatedPKI) -> None:
 def test_duplicate_payload_keys_are_refused(pki: SimulatedPKI) -> None:
     body = cbor2.dumps(_fields(pki))
     duplicated = b"\xaa" + body[1:] + cbor2.dumps("nonce") + b"\xf6"
-    with pytest.raises(MalformedError, match="Duplicate"):
+    with pytest.raises(MalformedError, match=r"(?i)duplicate"):
         parse_document(pki.sign_payload(duplicated))
 
 

@@ -31,7 +31,9 @@ from typing import Any
 from tests.bench.common import Figure, table
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MODULES = ("e2e", "relay", "attestation", "nsm", "cms", "kms", "enclave_kms", "enclave", "rpc")
+MODULES = (
+    "e2e", "relay", "attestation", "nsm", "cms", "kms", "enclave_kms", "enclave", "rpc", "cbor",
+)  # fmt: skip
 LIBRARIES = ("nitrokms", "cryptography", "cbor2", "boto3", "botocore", "pycose", "cffi")
 
 

@@ -35,6 +35,7 @@ from nitrokms.enclave.keypool import RecipientKeyPool
 from nitrokms.enclave.kms import EnclaveKMS
 from nitrokms.enclave.nsm.backend import TransportBackend
 from nitrokms.enclave.nsm.client import NSMClient
+from nitrokms.proto.keys import KeyRequest
 from nitrokms.sim.kms.cms_encoder import encrypt_for_recipient
 from nitrokms.sim.nsm.pki import SimulatedPKI
 from nitrokms.sim.nsm.simulator import NSMSimulator, boot_pcrs, new_module_id
@@ -157,7 +158,7 @@ def run(quick: bool = False, n: int | None = None, components: bool = False) -> 
                     n, concurrency,
                 )  # fmt: skip
                 attested_samples, _ = _run(
-                    lambda: kms.generate_data_key(attested_key), n, concurrency
+                    lambda: kms.generate_data_key(KeyRequest(attested_key)), n, concurrency
                 )
                 plain_total = summarize(_totals(plain_samples), 1000)
                 plain_over = summarize(_overheads(plain_samples), 1000)

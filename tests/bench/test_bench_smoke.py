@@ -30,6 +30,7 @@ EXPECTED_GROUPS = {
     "enclave_kms": "in-process",
     "enclave": "enclave",
     "rpc": "rpc",
+    "cbor": "cbor",
 }
 
 

@@ -6,11 +6,11 @@ import hashlib
 import hmac
 import secrets
 import threading
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from nitrokms.enclave.errors import EnclaveError
+from nitrokms.proto.keys import KeyRequest
 
 KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
@@ -36,6 +36,7 @@ class FakeKMS:
     def __init__(self) -> None:
         self._keys: dict[bytes, tuple[bytes, tuple[tuple[str, str], ...]]] = {}
         self.calls: list[str] = []
+        self.key_requests: list[KeyRequest] = []
         self.credentials: tuple[str, str, str | None, float | None] | None = None
         self.fail_with: EnclaveError | None = None
         self.gate: threading.Event | None = None
@@ -64,34 +65,24 @@ class FakeKMS:
         if self.fail_with is not None:
             raise self.fail_with
 
-    def generate_data_key(
-        self,
-        key_id: str,
-        *,
-        key_spec: str | None = None,
-        number_of_bytes: int | None = None,
-        encryption_context: Mapping[str, str] | None = None,
-        grant_tokens: Sequence[str] | None = None,
-    ) -> FakeDataKey:
+    def generate_data_key(self, request: KeyRequest) -> FakeDataKey:
         self._enter("GenerateDataKey")
-        size = {"AES_256": 32, "AES_128": 16}.get(key_spec or "", number_of_bytes or 0)
+        self.key_requests.append(request)
+        request = request.sized()
+        size = {"AES_256": 32, "AES_128": 16}.get(
+            request.key_spec or "", request.number_of_bytes or 0
+        )
         key = secrets.token_bytes(size)
-        blob = secrets.token_bytes(16) + hashlib.sha256(repr(key_id).encode()).digest()[:8]
+        blob = secrets.token_bytes(16) + hashlib.sha256(repr(request.key_id).encode()).digest()[:8]
         with self._lock:
-            self._keys[blob] = (key, tuple(sorted((encryption_context or {}).items())))
+            self._keys[blob] = (key, tuple(sorted((request.encryption_context or {}).items())))
         return FakeDataKey(bytearray(key), blob, KEY_ARN)
 
-    def decrypt(
-        self,
-        ciphertext_blob: bytes,
-        *,
-        key_id: str | None = None,
-        encryption_context: Mapping[str, str] | None = None,
-        grant_tokens: Sequence[str] | None = None,
-    ) -> FakeDataKey:
+    def decrypt(self, ciphertext_blob: bytes, request: KeyRequest) -> FakeDataKey:
         self._enter("Decrypt")
+        self.key_requests.append(request)
         entry = self._keys.get(ciphertext_blob)
-        context = tuple(sorted((encryption_context or {}).items()))
+        context = tuple(sorted((request.encryption_context or {}).items()))
         if entry is None or not hmac.compare_digest(repr(entry[1]), repr(context)):
             raise EnclaveError("bad ciphertext", code="kms.InvalidCiphertextException")
         return FakeDataKey(bytearray(entry[0]), ciphertext_blob, KEY_ARN)

@@ -7,8 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nitrokms.enclave import envelope
-from nitrokms.enclave.envelope import MalformedEnvelopeError
-from nitrokms.enclave.errors import DecryptionError
+from nitrokms.enclave.errors import DecryptionError, MalformedEnvelopeError
 from nitrokms.proto.messages import MAX_ENVELOPE_BYTES
 
 KEY = bytes(range(32))

@@ -3,7 +3,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from nitrokms.enclave.keyring import Keyring, UnknownHandleError
+from nitrokms.enclave.errors import UnknownHandleError
+from nitrokms.enclave.keyring import Keyring
 
 
 class Clock:

@@ -5,15 +5,18 @@ from typing import Any
 
 import pytest
 from nitrokms.enclave import envelope
-from nitrokms.enclave.errors import DecryptionError, EnclaveError
-from nitrokms.enclave.keyring import Keyring, UnknownHandleError
-from nitrokms.enclave.service import (
+from nitrokms.enclave.errors import (
     ContextMismatchError,
-    EnclaveService,
+    DecryptionError,
+    EnclaveError,
     RegionMismatchError,
+    UnknownHandleError,
     UnsupportedDataKeyError,
 )
+from nitrokms.enclave.keyring import Keyring
+from nitrokms.enclave.service import EnclaveService
 from nitrokms.proto import messages as m
+from nitrokms.proto.keys import KeyRequest
 
 from nitrokms import __version__
 from tests.enclave.fakes import KEY_ARN, FakeKMS, FakeNSM, FakePool
@@ -98,6 +101,28 @@ def test_unseal_after_forget_reloads_through_decrypt(service, kms):
     assert kms.calls == ["GenerateDataKey", "Decrypt"]
     _call(service, m.UnsealRequest(envelope=sealed.envelope, encryption_context=CONTEXT))
     assert kms.calls == ["GenerateDataKey", "Decrypt"], "the reloaded key is kept for reuse"
+
+
+def test_one_key_request_reaches_kms_from_every_operation(service, kms):
+    tokens = ("grant-1",)
+    wire = m.GenerateDataKeyRequest(key_id="k", number_of_bytes=16, grant_tokens=tokens)
+    made = _call(service, wire)
+    _call(service, m.LoadDataKeyRequest(ciphertext_blob=made.ciphertext_blob, key_id="k"))
+    sealed = _call(
+        service,
+        m.SealRequest(plaintext=b"x", key_id="k", encryption_context=CONTEXT, grant_tokens=tokens),
+    )
+    _call(service, m.ForgetKeyRequest(handle=sealed.handle))
+    _call(
+        service,
+        m.UnsealRequest(envelope=sealed.envelope, encryption_context=CONTEXT, grant_tokens=tokens),
+    )
+    assert kms.key_requests == [
+        KeyRequest("k", number_of_bytes=16, grant_tokens=tokens),
+        KeyRequest("k"),
+        KeyRequest("k", "AES_256", encryption_context=CONTEXT, grant_tokens=tokens),
+        KeyRequest(KEY_ARN, encryption_context=CONTEXT, grant_tokens=tokens),
+    ]
 
 
 def test_seal_with_handle_uses_its_context(service):

@@ -20,6 +20,7 @@ from nitrokms.enclave.network import (
 )
 from nitrokms.enclave.nsm.client import NSMClient
 from nitrokms.proto.addresses import parse_address
+from nitrokms.proto.keys import KeyRequest
 
 
 def main(argv: list[str]) -> int:
@@ -51,7 +52,7 @@ def main(argv: list[str]) -> int:
         kms.set_credentials(
             os.environ["PROBE_ACCESS_KEY_ID"], os.environ["PROBE_SECRET_ACCESS_KEY"]
         )
-        made = kms.generate_data_key(args.key_id)
+        made = kms.generate_data_key(KeyRequest(args.key_id))
         assert kms.decrypt(made.ciphertext_blob).plaintext == made.plaintext
         print(f"OK {len(made.plaintext)}", flush=True)
     return 0

@@ -9,12 +9,8 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 from cryptography.hazmat.primitives.asymmetric import rsa
-from nitrokms.enclave.attested_kms import (
-    RecipientReplyError,
-    attach_recipient,
-    attested_kms_client,
-)
-from nitrokms.enclave.cms import UnknownRecipientError
+from nitrokms.enclave.attested_kms import attach_recipient, attested_kms_client
+from nitrokms.enclave.errors import RecipientReplyError, UnknownRecipientError
 from nitrokms.enclave.keypool import RecipientKey, RecipientKeyPool
 from nitrokms.sim.kms.cms_encoder import encrypt_for_recipient
 from nitrokms.sim.kms.server import LocalKMS

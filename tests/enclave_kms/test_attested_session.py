@@ -9,7 +9,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from nitrokms.enclave.attested_kms import attest_session, attested_session
-from nitrokms.enclave.network import KMSNetworkPath, NetworkError
+from nitrokms.enclave.errors import NetworkError
+from nitrokms.enclave.network import KMSNetworkPath
 from nitrokms.proto.addresses import UnixAddress
 
 from .conftest import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, client_kwargs

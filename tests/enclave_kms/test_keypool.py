@@ -8,7 +8,8 @@ import threading
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from nitrokms.enclave.keypool import KeyPoolError, RecipientKeyPool
+from nitrokms.enclave.errors import KeyPoolError
+from nitrokms.enclave.keypool import RecipientKeyPool
 
 WAIT_S = 30.0
 

@@ -8,15 +8,15 @@ import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from nitrokms.enclave.kms import (
+from nitrokms.enclave.errors import (
     CredentialsError,
-    DataKey,
-    EnclaveKMS,
     KMSError,
     KMSRequestError,
     KMSTLSError,
     KMSUnavailableError,
 )
+from nitrokms.enclave.kms import DataKey, EnclaveKMS
+from nitrokms.proto.keys import KeyRequest
 
 from .conftest import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, attested_policy
 from .fakes import FOR_RECIPIENT, HANG, kms_error, scripted_kms, spki_attestor
@@ -45,19 +45,28 @@ def scripted_enclave_kms(url, pool, **kwargs):
 
 
 def test_generate_data_key_then_decrypt_round_trip(enclave_kms, attested_key_id):
-    made = enclave_kms.generate_data_key(attested_key_id, encryption_context={"purpose": "t"})
+    made = enclave_kms.generate_data_key(
+        KeyRequest(attested_key_id, encryption_context={"purpose": "t"})
+    )
     assert isinstance(made.plaintext, bytearray)
     assert len(made.plaintext) == 32
     assert made.key_id == attested_key_id
-    loaded = enclave_kms.decrypt(made.ciphertext_blob, encryption_context={"purpose": "t"})
+    loaded = enclave_kms.decrypt(
+        made.ciphertext_blob, KeyRequest(encryption_context={"purpose": "t"})
+    )
     assert loaded.plaintext == made.plaintext
     assert enclave_kms.kms_reachable is True
     assert enclave_kms.last_error is None
 
 
 def test_number_of_bytes_and_without_plaintext(enclave_kms, attested_key_id):
-    assert len(enclave_kms.generate_data_key(attested_key_id, number_of_bytes=7).plaintext) == 7
-    wrapped = enclave_kms.generate_data_key_without_plaintext(attested_key_id, key_spec="AES_128")
+    assert (
+        len(enclave_kms.generate_data_key(KeyRequest(attested_key_id, number_of_bytes=7)).plaintext)
+        == 7
+    )
+    wrapped = enclave_kms.generate_data_key_without_plaintext(
+        KeyRequest(attested_key_id, key_spec="AES_128")
+    )
     assert len(enclave_kms.decrypt(wrapped.ciphertext_blob).plaintext) == 16
 
 
@@ -70,7 +79,7 @@ def test_generate_random(enclave_kms):
 
 
 def test_data_key_repr_and_wipe_hide_plaintext(enclave_kms, attested_key_id):
-    key = enclave_kms.generate_data_key(attested_key_id)
+    key = enclave_kms.generate_data_key(KeyRequest(attested_key_id))
     secret = bytes(key.plaintext)
     text = repr(key)
     assert secret.hex() not in text
@@ -99,18 +108,17 @@ def test_credentials_repr_hides_secret(enclave_kms):
 def test_kms_errors_map_to_typed_codes(enclave_kms, plain_client, simulator, setup, code):
     if setup == "other_pcr":
         key = plain_client.create_key(Policy=attested_policy("ab" * 48))["KeyMetadata"]["Arn"]
-        call = lambda: enclave_kms.generate_data_key(key)  # noqa: E731
+        call = lambda: enclave_kms.generate_data_key(KeyRequest(key))  # noqa: E731
     elif setup == "missing_key":
-        call = lambda: enclave_kms.generate_data_key(  # noqa: E731
-            "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000"
-        )
+        missing = "arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000"
+        call = lambda: enclave_kms.generate_data_key(KeyRequest(missing))  # noqa: E731
     elif setup == "garbage_blob":
         call = lambda: enclave_kms.decrypt(b"\x01" * 64)  # noqa: E731
     elif setup == "disabled":
         policy = attested_policy(simulator.pcr(0).hex())
         key = plain_client.create_key(Policy=policy)["KeyMetadata"]["Arn"]
         plain_client.disable_key(KeyId=key)
-        call = lambda: enclave_kms.generate_data_key(key)  # noqa: E731
+        call = lambda: enclave_kms.generate_data_key(KeyRequest(key))  # noqa: E731
     else:
         enclave_kms.set_credentials(ACCESS_KEY_ID, "wrong-secret", None, None)
         call = lambda: enclave_kms.generate_random(8)  # noqa: E731
@@ -149,7 +157,7 @@ def test_expired_credentials_fail_before_network(nsm, pool):
     assert kms.health().credentials_expire_at == now[0] + timedelta(minutes=5)
     now[0] += timedelta(minutes=6)
     with pytest.raises(CredentialsError) as info:
-        kms.generate_data_key("alias/x")
+        kms.generate_data_key(KeyRequest("alias/x"))
     assert info.value.code == "enclave.CredentialsExpired"
     assert kms.kms_reachable is None
 
@@ -245,9 +253,12 @@ def test_same_credentials_keep_the_client(enclave_kms):
     assert enclave_kms.client() is not client
 
 
-def test_both_key_spec_and_size_is_refused(enclave_kms):
-    with pytest.raises(KMSRequestError):
-        enclave_kms.generate_data_key("k", key_spec="AES_256", number_of_bytes=32)
+def test_requests_kms_would_refuse_are_refused_before_sending(enclave_kms):
+    with pytest.raises(KMSRequestError, match="key id"):
+        enclave_kms.generate_data_key(KeyRequest(number_of_bytes=32))
+    with pytest.raises(KMSRequestError, match="Decrypt takes no"):
+        enclave_kms.decrypt(b"blob", KeyRequest(key_spec="AES_256"))
+    assert enclave_kms.kms_reachable is None
 
 
 def test_data_key_type():

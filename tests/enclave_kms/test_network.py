@@ -7,15 +7,16 @@ import socket
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nitrokms.enclave.kms import EnclaveKMS, KMSTLSError, KMSUnavailableError
+from nitrokms.enclave.errors import KMSTLSError, KMSUnavailableError, NetworkError
+from nitrokms.enclave.kms import EnclaveKMS
 from nitrokms.enclave.network import (
     ConnectProxy,
-    NetworkError,
     ThreadedConnectProxy,
     decide_connect,
     kms_endpoint,
 )
 from nitrokms.proto.addresses import UnixAddress
+from nitrokms.proto.keys import KeyRequest
 from nitrokms.sim.kms.auth import Credential
 from nitrokms.sim.kms.server import LocalKMS
 
@@ -54,7 +55,7 @@ def test_attested_call_through_listener_and_relay(  # noqa: PLR0917
 ):
     with pipe_relay(relay_path, local_kms.url) as relay:
         kms = enclave_side(listener, local_kms.ca_path, nsm, pool)
-        made = kms.generate_data_key(attested_key_id)
+        made = kms.generate_data_key(KeyRequest(attested_key_id))
         again = kms.decrypt(made.ciphertext_blob)
         assert again.plaintext == made.plaintext
         assert len(kms.generate_random(32)) == 32

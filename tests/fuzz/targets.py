@@ -24,9 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from nitrokms.enclave import envelope
 from nitrokms.enclave.cms import CMSError, decrypt_enveloped_data, inspect_enveloped_data
-from nitrokms.enclave.errors import DecryptionError
+from nitrokms.enclave.errors import DecryptionError, MalformedEnvelopeError, NSMError, NSMErrorCode
 from nitrokms.enclave.nsm import codec as nsm_codec
-from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode
 from nitrokms.parent.proxy.allowlist import parse_allowlist
 from nitrokms.parent.proxy.errors import ConfigError
 from nitrokms.proto import messages as m
@@ -377,7 +376,7 @@ TARGETS: Final[tuple[Target, ...]] = (
            "proto.attestation parse_document + AttestationVerifier.verify"),
     Target("cms", _cms, _cms_seeds, (CMSError, DecryptionError),
            "enclave.cms inspect + decrypt (CiphertextForRecipient)"),
-    Target("envelope", _envelope, _envelope_seeds, (envelope.MalformedEnvelopeError,
+    Target("envelope", _envelope, _envelope_seeds, (MalformedEnvelopeError,
                                                      DecryptionError),
            "enclave.envelope parse + open (Seal envelopes from the parent)"),
     Target("address", _address, lambda: [a.encode() for a in _ADDRESS_SEEDS], (AddressError,),

@@ -17,6 +17,14 @@ typedef struct {
 } NsmDescription;
 
 int exits = 0;
+/* When non-zero, every length the stand-in writes back is this one instead of the true length: a
+ * library that claims a longer reply than the caller's buffer holds. */
+uint32_t standin_reported_len = 0;
+
+static uint32_t reported(uint32_t true_len)
+{
+    return standin_reported_len ? standin_reported_len : true_len;
+}
 
 int32_t nsm_lib_init(void) { return 7; }
 void nsm_lib_exit(int32_t fd) { if (fd == 7) { exits++; } }
@@ -28,10 +36,10 @@ ErrorCode nsm_get_description(int32_t fd, NsmDescription *d)
     memset(d, 0, sizeof(*d));
     d->version_major = 1; d->version_minor = 2; d->version_patch = 3;
     memcpy(d->module_id, id, strlen(id) + 1);
-    d->module_id_len = (uint32_t)strlen(id);
+    d->module_id_len = reported((uint32_t)strlen(id));
     d->max_pcrs = 32;
     for (uint16_t i = 0; i < 16; i++) { d->locked_pcrs[i] = 15 - i; }
-    d->locked_pcrs_len = 16;
+    d->locked_pcrs_len = reported(16);
     d->digest = DIGEST_SHA384;
     return ERROR_CODE_SUCCESS;
 }
@@ -41,6 +49,7 @@ ErrorCode nsm_get_random(int32_t fd, uint8_t *buf, uintptr_t *buf_len)
     if (fd < 0 || buf == NULL || *buf_len == 0) { return ERROR_CODE_INVALID_ARGUMENT; }
     if (*buf_len > 256) { *buf_len = 256; }
     memset(buf, 0x5a, *buf_len);
+    *buf_len = reported((uint32_t)*buf_len);
     return ERROR_CODE_SUCCESS;
 }
 
@@ -51,7 +60,7 @@ ErrorCode nsm_describe_pcr(int32_t fd, uint16_t index, bool *lock, uint8_t *data
     if (*len < 48) { return ERROR_CODE_BUFFER_TOO_SMALL; }
     *lock = index < 16;
     memset(data, index, 48);
-    *len = 48;
+    *len = reported(48);
     return ERROR_CODE_SUCCESS;
 }
 
@@ -62,7 +71,7 @@ ErrorCode nsm_extend_pcr(int32_t fd, uint16_t index, const uint8_t *data, uint32
     if (data == NULL) { return ERROR_CODE_INVALID_ARGUMENT; }
     if (index < 16) { return ERROR_CODE_READ_ONLY_INDEX; }
     memset(out, data_len > 0 ? data[0] : 0, 48);
-    *out_len = 48;
+    *out_len = reported(48);
     return ERROR_CODE_SUCCESS;
 }
 
@@ -94,6 +103,6 @@ ErrorCode nsm_get_attestation_doc(int32_t fd, const uint8_t *u, uint32_t ul, con
         memcpy(out + pos, ptrs[i], lens[i]);
         pos += lens[i];
     }
-    *out_len = pos;
+    *out_len = reported(pos);
     return ERROR_CODE_SUCCESS;
 }

@@ -5,10 +5,13 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import pytest
+from cffi import FFI
 from nitrokms.enclave.nsm import (
     DeviceTransport,
     LibNSMBackend,
@@ -176,3 +179,35 @@ def test_libnsm_backend_through_cffi(libnsm_standin: Path, monkeypatch: pytest.M
     backend = LibNSMBackend.load(str(libnsm_standin))
     assert isinstance(backend, LibNSMBackend)
     backend.close()
+
+
+@pytest.fixture
+def reported_len(libnsm_standin: Path) -> Iterator[Any]:
+    """The stand-in's `standin_reported_len`: non-zero makes it claim that reply length."""
+    ffi = FFI()
+    ffi.cdef("extern uint32_t standin_reported_len;")
+    lib = ffi.dlopen(str(libnsm_standin))  # the same loaded library the backend uses
+    yield lib
+    lib.standin_reported_len = 0
+
+
+def test_libnsm_reply_longer_than_the_buffer_raises_like_the_ioctl(
+    libnsm_standin: Path, reported_len: Any
+) -> None:
+    backend = LibNSMBackend.load(str(libnsm_standin))
+    client = NSMClient(backend)
+    reported_len.standin_reported_len = 16 * 1024 + 1  # above every buffer the backend passes
+    for call in (
+        client.describe_nsm,
+        lambda: client.describe_pcr(17),
+        lambda: client.extend_pcr(20, b"x"),
+        client.get_random,
+        lambda: client.get_attestation_doc(nonce=b"n"),
+    ):
+        with pytest.raises(NSMError) as info:
+            call()
+        assert info.value.nsm_code is NSMErrorCode.InternalError
+        assert "16385-byte reply" in info.value.message
+    reported_len.standin_reported_len = 64  # exactly the PCR buffer: read whole, not refused
+    assert client.describe_pcr(17) == PCRState(False, bytes([17]) * 48 + bytes(16))
+    client.close()

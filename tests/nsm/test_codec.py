@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nitrokms.enclave.errors import NSMError, NSMErrorCode
 from nitrokms.enclave.nsm import codec
-from nitrokms.enclave.nsm.errors import NSMError, NSMErrorCode
 
 
 def text(value: str) -> bytes:
@@ -286,3 +287,20 @@ def test_any_structured_cbor_parses_or_raises_nsm_error(value: object) -> None:
     for decode in (codec.decode_response, codec.decode_request):
         with contextlib.suppress(NSMError):
             decode(wire)
+
+
+@pytest.mark.parametrize(
+    ("decode", "size", "code"),
+    [
+        (codec.decode_response, codec.MAX_RESPONSE_BYTES, NSMErrorCode.InternalError),
+        (codec.decode_request, codec.MAX_REQUEST_BYTES, NSMErrorCode.InvalidArgument),
+    ],
+)
+@pytest.mark.parametrize("unit", [b"\x80", b"\xa0", b"\x00"])
+def test_amplification_within_the_size_cap_is_refused_as_nsm_error(
+    decode: Callable[[bytes], object], size: int, code: NSMErrorCode, unit: bytes
+) -> None:
+    with pytest.raises(NSMError) as info:
+        decode(b"\x9f" + unit * (size - 2) + b"\xff")
+    assert info.value.nsm_code is code
+    assert "CBOR items" in info.value.message

@@ -256,6 +256,25 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["generate-data-key", "--key-id", "k", "--number-of-bytes", "0"],
+        ["generate-data-key", "--key-id", "", "--key-spec", "AES_256"],
+        ["generate-data-key", "--key-id", "k", *["--grant-token", "t"] * 11],
+        ["seal", "--handle", "bad handle!", "--in", "/dev/null"],
+    ],
+)
+def test_arguments_that_cannot_form_a_request_exit_2_and_send_nothing(
+    server: ServerThread, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    code, out, err = call(server, capsys, *args)
+    assert (code, out) == (2, "")
+    assert err.startswith("nitrokms: ")
+    assert err.count("\n") == 1
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         ["call"],

@@ -24,6 +24,7 @@ from nitrokms.parent.rpc import (
 )
 from nitrokms.proto import messages as m
 from nitrokms.proto.addresses import Address, UnixAddress
+from nitrokms.proto.keys import KeyRequest
 
 from tests.rpc.fakes import KEY_ARN, Close, Fail, FakeEnclave, Garbage, ScriptedServer
 
@@ -401,6 +402,8 @@ def test_close_fails_calls_in_flight_and_survives_cancellation(unix_address: Uni
             "AKIAIOSFODNN7EXAMPLE", "s", "us-east-1", expiration=datetime(2030, 1, 1)
         ),
         lambda c: c.load_data_key(b""),
+        lambda c: c.generate_data_key(KeyRequest("k"), key_spec="AES_256"),
+        lambda c: c.generate_data_key(KeyRequest(number_of_bytes=8)),
     ],
 )
 def test_invalid_arguments_raise_before_anything_is_sent(
@@ -458,3 +461,21 @@ def test_calls_beyond_max_in_flight_wait_for_a_slot(unix_address: UnixAddress) -
         assert most == 2
 
     run(scenario())
+
+
+def test_a_key_request_goes_out_as_the_same_body_as_its_fields(unix_address: UnixAddress) -> None:
+    key = KeyRequest("alias/app", encryption_context={"app": "x"}, grant_tokens=("g1",))
+
+    async def scenario() -> list[m.Body]:
+        async with (
+            ScriptedServer(unix_address, FakeEnclave()) as server,
+            AsyncEnclaveClient(unix_address) as client,
+        ):
+            await client.generate_data_key(key)
+            await client.generate_data_key(
+                "alias/app", encryption_context={"app": "x"}, grant_tokens=["g1"]
+            )
+            return [r.body for r in server.requests]
+
+    sent = run(scenario())
+    assert sent[0] == sent[1] == m.GenerateDataKeyRequest(**key.sized().fields())

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from nitrokms.parent.rpc import (
     AccessDeniedError,
+    AsyncEnclaveClient,
     EnclaveClient,
     InvalidRequestError,
     RPCConnectionError,
@@ -101,3 +103,16 @@ def test_closed_client_refuses_calls_and_close_is_idempotent(unix_address: UnixA
         with pytest.raises(RPCConnectionError) as caught:
             client.health()
         assert caught.value.code == "client.Closed"
+
+
+def test_every_async_operation_has_a_blocking_twin() -> None:
+    operations = {
+        name
+        for name, method in inspect.getmembers(AsyncEnclaveClient, inspect.iscoroutinefunction)
+        if not name.startswith("_") and name != "aclose"
+    }
+    assert {"generate_data_key", "seal", "unseal", "call", "health"} <= operations
+    for name in operations:
+        twin = getattr(EnclaveClient, name, None)
+        assert twin is not None, f"EnclaveClient lacks {name}"
+        assert not inspect.iscoroutinefunction(twin), name
