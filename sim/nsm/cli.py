@@ -78,6 +78,10 @@ def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["vhost-user"]:
+        from nitrokms.sim.nsm import vhost_user  # noqa: PLC0415 - only this command needs it
+
+        return vhost_user.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "root":
