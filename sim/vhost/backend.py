@@ -292,18 +292,21 @@ def serve_connection(conn: socket.socket, device: Device, stop: threading.Event)
     try:
         while not stop.is_set():
             _watch_kicks(selector, session, watched, seen)
-            for key, _ in selector.select(timeout=0.5):
-                if key.data is None:
-                    message = _recv_message(conn)
-                    if message is None:
-                        return
-                    log.debug("vhost-user %s", message.name)
-                    reply = session.handle(message)
-                    if reply is not None:
-                        conn.sendall(reply)
-                else:
+            # Kicks first, then at most one message: a message may close a kick fd, and the
+            # selector is brought up to date before any other event is looked at.
+            events = sorted(selector.select(timeout=0.5), key=lambda e: e[0].data is None)
+            for key, _ in events:
+                if key.data is not None:
                     _drain_eventfd(key.fd)
                     session.kicked(key.data)
+                    continue
+                message = _recv_message(conn)
+                if message is None:
+                    return
+                log.debug("vhost-user %s", message.name)
+                reply = session.handle(message)
+                if reply is not None:
+                    conn.sendall(reply)
     except VhostUserError as exc:
         log.error("vhost-user session ended: %s", exc)
     except OSError as exc:

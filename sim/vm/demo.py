@@ -124,7 +124,8 @@ def _demo(args: argparse.Namespace) -> int:
     _say(f"toolchain ready in {summary['toolchain_s']:.1f} s")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="nitrokms-vm-"))
     summary["workdir"] = str(workdir)
-    with VMWorld(workdir, DevelopmentImage(tools), record=args.record) as world:
+    world = VMWorld(workdir, DevelopmentImage(tools), record=args.record)
+    with world:
         _flow(world, summary)
         if args.record:
             summary["captures"] = [str(p) for p in world.capture_dir.glob("*.bin")]

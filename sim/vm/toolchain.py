@@ -108,7 +108,7 @@ def debian_mirror() -> str:
                     r"(?m)^(?:deb\s+(?:\[[^]]*]\s+)?|URIs:\s*)(\S+)", path.read_text()
                 ):
                     if url.rstrip("/").endswith("/debian"):
-                        return url
+                        return str(url)
     raise ToolchainError("no Debian archive in the apt sources; cannot fetch packages")
 
 
