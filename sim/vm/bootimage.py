@@ -1,51 +1,104 @@
-"""Where the VM's boot image comes from, and its measurements.
+"""What the VM boots: the kernel, command line and ramdisks of an enclave image's EIF, taken out
+with the project's own EIF reader (`nitrokms.parent.eif`), so the bytes that boot are the bytes
+that were measured. QEMU takes one initrd, so the ramdisks boot concatenated, in order (the
+kernel unpacks each archive in turn); the measurements are the EIF's own.
 
-`DevelopmentImage` is Debian's kernel with our development ramdisks (`initramfs`): a bootstrap
-ramdisk that stays the same between runs, and a settings ramdisk per world (the local KMS's
-endpoint and CA). The measurements are computed over exactly the bytes that boot, by the EIF
-rules, so the simulated NSM reports them and the key policy pins them.
+`ImageBuild` makes that EIF as `make image` does (`python -m image.build`, from the checkout the
+package runs from) with the settings a VM needs: parent CID 2 (the host, as vhost-device-vsock's
+guest sees it) and, as the only KMS trust anchor, the local KMS's CA, since the guest's TLS to KMS
+ends in the guest and is verified there. Everything else is the production build. `PrebuiltEif`
+boots an EIF given as a file, as it is.
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Mapping
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
-from nitrokms.sim.vm import initramfs
+from nitrokms.parent.eif import EIFError, SectionType, measurements, read_eif
 from nitrokms.sim.vm.machine import BootImage
-from nitrokms.sim.vm.toolchain import Toolchain
 
-KMS_CA_NAME = "kms-ca.pem"
+VM_PARENT_CID: Final = 2
+BUILD_TIMEOUT_S: Final = 900.0
+DEFAULT_EPOCH: Final = "1700000000"
+
+
+class ImageError(RuntimeError):
+    """The image could not be built or read; the message says why."""
 
 
 class BootSource(Protocol):
-    tools: Toolchain
-
-    def build(self, out_dir: Path, settings: Mapping[str, str], kms_ca: bytes) -> BootImage:
-        """Write what boots into `out_dir`; `settings` are NITROKMS_* values for the enclave."""
+    def build(self, out_dir: Path, region: str, kms_ca: Path) -> BootImage:
+        """Write what boots into `out_dir`. Raises ImageError."""
         ...
 
 
-class DevelopmentImage:
-    """Debian's kernel, `initramfs.CMDLINE`, the bootstrap ramdisk and a settings ramdisk."""
+def load_eif(eif_path: Path, out_dir: Path) -> BootImage:
+    """The EIF's kernel and concatenated ramdisks as files in `out_dir`, with its command line
+    and measurements. Raises ImageError for a file the EIF reader refuses."""
+    try:
+        eif = read_eif(eif_path.read_bytes())
+    except (OSError, EIFError) as exc:
+        raise ImageError(f"{eif_path}: {exc}") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kernel, initrd = out_dir / "vmlinuz", out_dir / "initrd.cpio"
+    kernel.write_bytes(bytes(eif.kernel.data))
+    with initrd.open("wb") as out:
+        for ramdisk in eif.ramdisks:
+            out.write(ramdisk.data)
+    cmdline = bytes(eif.of_type(SectionType.CMDLINE)[0].data).decode()
+    pcrs = {index: value.hex() for index, value in measurements(eif).items()}
+    return BootImage(kernel, cmdline, initrd, pcrs, eif_path)
 
-    def __init__(self, tools: Toolchain) -> None:
-        self.tools = tools
 
-    def build(self, out_dir: Path, settings: Mapping[str, str], kms_ca: bytes) -> BootImage:
+class PrebuiltEif:
+    """An EIF built elsewhere (`make image PARENT_CID=2 ...`), booted as it is."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def build(self, out_dir: Path, region: str, kms_ca: Path) -> BootImage:
+        return load_eif(self.path, out_dir)
+
+
+def checkout() -> Path | None:
+    """The source checkout the `nitrokms` package was loaded from, when it has image/build.py."""
+    import nitrokms  # noqa: PLC0415
+
+    root = Path(nitrokms.__file__).resolve().parent.parent
+    return root if (root / "image" / "build.py").is_file() else None
+
+
+class ImageBuild:
+    """The enclave image, built by image/build.py with the VM's settings."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = repo
+        self.seconds = 0.0
+
+    def build(self, out_dir: Path, region: str, kms_ca: Path) -> BootImage:
         out_dir.mkdir(parents=True, exist_ok=True)
-        kernel = out_dir / "vmlinuz"
-        shutil.copyfile(self.tools.kernel, kernel)
-        env = dict(settings)
-        env["NITROKMS_CA_BUNDLE"] = f"/{initramfs.SETTINGS_DIR}/{KMS_CA_NAME}"
-        ramdisks = [
-            initramfs.archive(initramfs.bootstrap_entries(self.tools)),
-            initramfs.archive(initramfs.settings_entries(env, {KMS_CA_NAME: kms_ca})),
-        ]
-        initrd = out_dir / "initrd.cpio"
-        initrd.write_bytes(b"".join(ramdisks))
-        cmdline = initramfs.CMDLINE
-        pcrs = initramfs.measurements(kernel.read_bytes(), cmdline.encode(), ramdisks)
-        return BootImage(kernel, cmdline, initrd, pcrs)
+        work = out_dir / "build"
+        argv = [
+            sys.executable, "-m", "image.build", "--region", region,
+            "--parent-cid", str(VM_PARENT_CID), "--kms-roots-pem", str(kms_ca),
+            "--out", str(out_dir / "image"), "--work", str(work),
+        ]  # fmt: skip
+        env = dict(os.environ, SOURCE_DATE_EPOCH=os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH))
+        started = time.monotonic()
+        try:
+            result = subprocess.run(
+                argv, cwd=self.repo, env=env, capture_output=True, text=True,
+                timeout=BUILD_TIMEOUT_S, check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise ImageError(f"image build still running after {BUILD_TIMEOUT_S:g} s") from None
+        self.seconds = time.monotonic() - started
+        (out_dir / "image-build.log").write_text(result.stderr)
+        if result.returncode != 0:
+            raise ImageError(f"image build failed: {result.stderr.strip()[-600:]}")
+        return load_eif(out_dir / "image" / "enclave.eif", out_dir / "boot")

@@ -1,11 +1,13 @@
 """`python -m nitrokms.sim vm setup|demo`: the enclave image booted as a virtual machine.
 
-`setup` installs the toolchain (cached) and prints what it found. `demo` boots the guest, runs the
-whole attested flow through vhost-device-vsock with the production tools (the credential provider
-pushes credentials over vsock; `nitrokms call generate-data-key` and the RPC client reach the
-guest at `vhost-vsock://RUN/vm.vsock:5000`; the guest reaches the local KMS through the relay),
-then Seal and Unseal, and prints the figures BENCHMARKS.md records. Every wait has its own limit
-and the whole run has `--timeout`. Exit 0 when everything held, 1 when a step failed.
+`setup` installs the toolchain (cached) and prints what it found. `demo` builds the enclave image
+with the VM's settings (image/build.py: parent CID 2, the local KMS's CA as the KMS trust anchor;
+or boots `--eif FILE` as it is), boots the EIF's kernel, command line and ramdisks, and runs the
+whole attested flow through vhost-device-vsock with the production tools: the credential provider
+pushes credentials over vsock; `nitrokms call generate-data-key` and the RPC client reach the guest
+at `vhost-vsock://RUN/vm.vsock:5000`; the guest reaches the local KMS through the relay. Then Seal
+and Unseal, and the figures BENCHMARKS.md records. Every wait has its own limit and the whole run
+has `--timeout`. Exit 0 when everything held, 1 when a step failed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from nitrokms.parent.rpc import EnclaveClient
 from nitrokms.sim.launch import base_env
 from nitrokms.sim.processes import ProcessFailed
 from nitrokms.sim.vm import toolchain
-from nitrokms.sim.vm.bootimage import DevelopmentImage
+from nitrokms.sim.vm.bootimage import BootSource, ImageBuild, ImageError, PrebuiltEif, checkout
 from nitrokms.sim.vm.world import VMWorld
 
 DEFAULT_TIMEOUT_S: Final = 1200.0
@@ -43,17 +45,10 @@ def _say(text: str) -> None:
     print(f"vm: {text}", flush=True)
 
 
-def _lock_file() -> Path:
-    import nitrokms  # noqa: PLC0415
-
-    return Path(nitrokms.__file__).resolve().parent.parent / "requirements" / "enclave.lock"
-
-
-def _setup(args: argparse.Namespace) -> int:
+def _setup(_args: argparse.Namespace) -> int:
     started = time.monotonic()
-    tools = toolchain.ensure(args.lock)
+    tools = toolchain.ensure()
     _say(f"toolchain ready in {time.monotonic() - started:.1f} s under {tools.cache}")
-    _say(f"kernel {tools.kernel_version}")
     return 0
 
 
@@ -71,12 +66,15 @@ def _call(world: VMWorld, *argv: str) -> dict[str, Any]:
 
 
 def _flow(world: VMWorld, summary: dict[str, Any]) -> None:
-    vm = world.vm
+    vm, image = world.vm, world.image
     assert vm is not None
+    assert image is not None
+    pcr0 = image.measurements[0][:16]
+    _say(f"booted {image.eif}: its kernel, command line and ramdisks (PCR0 {pcr0}...)")
     _say(f"guest kernel {vm.kernel_release} (Debian's cloud kernel under QEMU microvm, TCG)")
-    _say(f"guest init after {vm.times.init_s:.1f} s, enclave ready after {vm.times.ready_s:.1f} s")
-    _say("/dev/nsm " + ("created by the guest's own nsm driver (virtio device 33, vhost-user)"
-                        if vm.nsm_present else "ABSENT"))  # fmt: skip
+    _say(f"image init after {vm.times.init_s:.1f} s, enclave ready after {vm.times.ready_s:.1f} s")
+    for line in vm.console_lines("nitrokms-init: heartbeat") + vm.console_lines("module nsm"):
+        _say(f"guest: {line.strip()}")
     _say(f"credentials pushed over vsock ({world.enclave_address})")
     key_arn = world.create_attested_key()
     started = time.monotonic()
@@ -96,15 +94,18 @@ def _flow(world: VMWorld, summary: dict[str, Any]) -> None:
         booted = {i: describe.pcrs[i].hex() for i in range(3)}
         if booted != world.measurements:
             raise ProcessFailed("the guest's PCR0-2 are not the booted image's measurements")
-        _say(f"describe: PCR0 {booted[0][:16]}... = the measurement of the bytes that booted")
+        _say(f"describe, from /dev/nsm through the guest's nsm driver (virtio device 33 over "
+             f"vhost-user): {describe.module_id}, PCR0-2 = the EIF's")  # fmt: skip
         started = time.monotonic()
         for _ in range(FETCHES):
             client.generate_data_key(key_arn, encryption_context=CONTEXT)
         rate = FETCHES / (time.monotonic() - started)
     _say(f"fetch rate under TCG: {rate:.2f} attested GenerateDataKey/s ({FETCHES} in a row)")
     summary.update(
+        eif=str(image.eif),
         kernel_release=vm.kernel_release,
-        nsm_device=vm.nsm_present,
+        nsm_module_id=describe.module_id,
+        heartbeats=vm.heartbeat.answered if vm.heartbeat is not None else 0,
         boot_to_init_s=round(vm.times.init_s, 2),
         boot_to_ready_s=round(vm.times.ready_s, 2),
         first_fetch_s=round(first_fetch_s, 2),
@@ -117,15 +118,29 @@ def _flow(world: VMWorld, summary: dict[str, Any]) -> None:
     )
 
 
+def _source(args: argparse.Namespace) -> BootSource:
+    if args.eif is not None:
+        return PrebuiltEif(args.eif)
+    repo = checkout()
+    if repo is None:
+        raise ImageError("no checkout with image/build.py here: pass --eif FILE")
+    return ImageBuild(repo)
+
+
 def _demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    tools = toolchain.ensure(args.lock)
+    tools = toolchain.ensure()
     summary: dict[str, Any] = {"toolchain_s": round(time.monotonic() - started, 2)}
     _say(f"toolchain ready in {summary['toolchain_s']:.1f} s")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="nitrokms-vm-"))
     summary["workdir"] = str(workdir)
-    world = VMWorld(workdir, DevelopmentImage(tools), record=args.record)
+    source = _source(args)
+    world = VMWorld(workdir, tools, source, record=args.record)
     with world:
+        if isinstance(source, ImageBuild):
+            summary["image_build_s"] = round(source.seconds, 2)
+            _say(f"enclave image built in {source.seconds:.1f} s (image/build.py, parent CID 2, "
+                 "the local KMS's CA as KMS root)")  # fmt: skip
         _flow(world, summary)
         if args.record:
             summary["captures"] = [str(p) for p in world.capture_dir.glob("*.bin")]
@@ -140,10 +155,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nitrokms.sim vm")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    setup = sub.add_parser("setup", help="install the VM toolchain (cached)")
+    sub.add_parser("setup", help="install the VM toolchain (cached)")
     demo = sub.add_parser("demo", help="boot the enclave VM and run the attested flow")
-    for command in (setup, demo):
-        command.add_argument("--lock", type=Path, default=_lock_file(), help="enclave.lock")
+    demo.add_argument("--eif", type=Path, help="boot this EIF as it is (default: build one)")
     demo.add_argument("--workdir", type=Path, help="keep state and logs here")
     demo.add_argument("--record", action="store_true", help="record the bridge's bytes")
     demo.add_argument("--summary", type=Path, help="write the figures as JSON here")
@@ -164,7 +178,7 @@ def main(argv: list[str]) -> int:
         return _setup(args) if args.command == "setup" else _demo(args)
     except DemoTimeout:
         print(f"vm {args.command}: not finished within {args.timeout:g} s", file=sys.stderr)
-    except (toolchain.ToolchainError, ProcessFailed, OSError) as exc:
+    except (toolchain.ToolchainError, ImageError, ProcessFailed, OSError) as exc:
         print(f"vm {args.command}: {exc}", file=sys.stderr)
     except Exception as exc:  # an RPC or KMS error from the flow: one line, no traceback
         print(f"vm {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ from typing import Final
 from nitrokms.sim.launch import base_env
 from nitrokms.sim.nsm.vhost_user import READY_LINE
 from nitrokms.sim.processes import ManagedProcess, ProcessFailed, spawn
-from nitrokms.sim.vm.initramfs import READY_MARK
+from nitrokms.sim.vm.heartbeat import HeartbeatListener
 from nitrokms.sim.vm.toolchain import Toolchain
 
 GUEST_CID: Final = 16
@@ -30,19 +30,27 @@ READY_TIMEOUT_S: Final = 300.0  # to the enclave's ready line: Python under TCG 
 ENCLAVE_READY: Final = '"event": "ready"'
 
 
+INIT_MARK: Final = "nitrokms-init: starting"  # the image's init, image/init.c
+KERNEL_MARK: Final = "Linux version "
+HEARTBEAT_PORT: Final = 9000  # image/init.c's default
+
+
 @dataclass(frozen=True)
 class BootImage:
-    """What boots: a kernel, its command line, and ramdisks in order (concatenated in `initrd`)."""
+    """What boots: a kernel, its command line, and ramdisks in order (concatenated in `initrd`),
+    with the EIF they came from and its measurements (PCR index -> hex)."""
 
     kernel: Path
     cmdline: str
     initrd: Path
     measurements: dict[int, str]
+    eif: Path
 
 
 @dataclass
 class BootTimes:
-    """Seconds from starting QEMU: to our init's first line, and to the enclave's ready line."""
+    """Seconds from starting QEMU: to the image's init's first line, and to the enclave's ready
+    line."""
 
     init_s: float = 0.0
     ready_s: float = 0.0
@@ -71,7 +79,7 @@ class VirtualMachine:
         self.qemu: ManagedProcess | None = None
         self.times = BootTimes()
         self.kernel_release = ""
-        self.nsm_present = False
+        self.heartbeat: HeartbeatListener | None = None
 
     @property
     def vsock_path(self) -> Path:
@@ -114,15 +122,19 @@ class VirtualMachine:
             ready=None,
         )  # fmt: skip
         _wait_for_socket(vsock, vhost, BACKEND_TIMEOUT_S)
+        self.heartbeat = HeartbeatListener(Path(f"{self.vsock_path}_{HEARTBEAT_PORT}")).start()
         started = time.monotonic()
         self.qemu = self._spawn("qemu", self.tools.chroot_argv(self._qemu_argv(), self.binds), None)
-        line = self.qemu.wait_for_line(f"{READY_MARK} kernel", timeout_s=BOOT_TIMEOUT_S)
+        line = self.qemu.wait_for_line(KERNEL_MARK, timeout_s=BOOT_TIMEOUT_S)
+        self.kernel_release = line.split(KERNEL_MARK, 1)[1].split()[0]
+        self.qemu.wait_for_line(INIT_MARK, timeout_s=BOOT_TIMEOUT_S)
         self.times.init_s = time.monotonic() - started
-        self.kernel_release = line.split(f"{READY_MARK} kernel", 1)[1].strip()
-        nsm = self.qemu.wait_for_line(f"{READY_MARK} /dev/nsm", timeout_s=BOOT_TIMEOUT_S)
-        self.nsm_present = nsm.endswith("present")
         self.qemu.wait_for_line(ENCLAVE_READY, timeout_s=READY_TIMEOUT_S)
         self.times.ready_s = time.monotonic() - started
+
+    def console_lines(self, marker: str) -> list[str]:
+        """The guest console's lines holding `marker` so far."""
+        return [] if self.qemu is None else [s for s in self.qemu.lines() if marker in s]
 
     def _qemu_argv(self) -> list[str]:
         memory = f"{MEMORY_MB}M"
@@ -152,6 +164,9 @@ class VirtualMachine:
             if process is self.qemu:
                 status = code
         self.processes.clear()
+        if self.heartbeat is not None:
+            self.heartbeat.close()
+            self.heartbeat = None
         return status
 
 

@@ -1,15 +1,13 @@
-"""What booting the enclave image here needs, installed once and cached under
-`~/.cache/nitrokms/vm` (`$NITROKMS_VM_CACHE` overrides; spec: shared/spec/vm-facts.md):
+"""What booting the enclave image here needs beyond the image itself, installed once and cached
+under `~/.cache/nitrokms/vm` (`$NITROKMS_VM_CACHE` overrides; spec: shared/spec/vm-facts.md): a
+Debian sid chroot (mmdebstrap) holding QEMU >= 11 (the microvm machine, vhost-user devices,
+`vhost-user-test-device`) and vhost-device-vsock. Its programs run with /dev, /proc and the work
+directories bind-mounted, in a private mount namespace, so nothing leaks into the host's mounts.
+(The kernel, command line and ramdisks come from the image's EIF.)
 
-- a Debian sid chroot (mmdebstrap) holding QEMU >= 11 (the microvm machine, vhost-user devices,
-  `vhost-user-test-device`) and vhost-device-vsock; it runs with /dev, /proc and the work
-  directories bind-mounted, in a private mount namespace so nothing leaks into the host's mounts;
-- Debian trixie's cloud kernel (`linux-image-cloud-amd64`), with the vsock and nsm modules;
-- for the development boot (until the image's own EIF exists): a trixie root filesystem with
-  Python and busybox, and the enclave's hash-locked wheels for that Python.
-
-Packages come from the Debian mirror the machine's apt is already configured with. Every step is
-finished with a stamp file, so an interrupted install resumes, and one lock file serialises
+Packages come from the Debian mirror the machine's apt is already configured with (the same rule
+as image/debian.py's host_mirror, which `nitrokms.sim` cannot import: `image/` is not installed).
+The install ends with a stamp file, so an interrupted one starts again, and a lock file serialises
 concurrent installs. Every command has a time limit.
 """
 
@@ -30,11 +28,7 @@ from typing import Final
 
 CACHE_ENV: Final = "NITROKMS_VM_CACHE"
 TOOLCHAIN_SUITE: Final = "sid"
-KERNEL_SUITE: Final = "trixie"
-KERNEL_META: Final = "linux-image-cloud-amd64"
 TOOLCHAIN_PACKAGES: Final = ("qemu-system-x86", "vhost-device-vsock")
-GUEST_PACKAGES: Final = ("python3", "busybox")
-GUEST_PYTHON: Final = "3.13"  # trixie's python3
 INSTALL_TIMEOUT_S: Final = 900.0
 APT_SOURCES: Final = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 # The vhost-device-vsock and QEMU flags that would reach this machine's own AF_VSOCK, whose CID 2
@@ -55,11 +49,6 @@ class Toolchain:
 
     cache: Path
     chroot: Path
-    kernel: Path  # the bzImage
-    modules: Path  # lib/modules/<version>
-    kernel_version: str
-    guest_root: Path
-    wheels: Path
 
     def chroot_argv(self, argv: Sequence[str], binds: Sequence[Path]) -> list[str]:
         """`argv` run inside the chroot, in a private mount namespace with /dev, /proc and each
@@ -155,88 +144,13 @@ def _mmdebstrap(step: str, target: Path, suite: str, packages: Sequence[str], va
     (target.parent / f"{target.name}.ok").write_text(f"{time.monotonic() - started:.1f} s\n")
 
 
-def _install_kernel(cache: Path, chroot: Path) -> Path:
-    """Download trixie's cloud kernel package with the chroot's apt and unpack it."""
-    target = cache / "kernel"
-    if (cache / "kernel.ok").exists():
-        return target
-    shutil.rmtree(target, ignore_errors=True)
-    state = Path("/var/lib/nitrokms-kernel")
-    root_state = chroot / state.relative_to("/")
-    for sub in ("lists/partial", "cache/archives/partial", "download"):
-        (root_state / sub).mkdir(parents=True, exist_ok=True)
-    (root_state / "sources.list").write_text(f"deb {debian_mirror()} {KERNEL_SUITE} main\n")
-    options = [
-        f"-oDir::Etc::sourcelist={state}/sources.list", "-oDir::Etc::sourceparts=/dev/null",
-        f"-oDir::State::Lists={state}/lists", f"-oDir::Cache={state}/cache",
-        "-oDir::State::status=/dev/null", "-oAPT::Sandbox::User=root",
-    ]  # fmt: skip
-    apt = ["chroot", str(chroot)]
-    _say(f"kernel: {KERNEL_META} from {KERNEL_SUITE}")
-    _run("kernel: apt-get update", [*apt, "apt-get", *options, "update"])
-    depends = _run(
-        "kernel: apt-cache depends", [*apt, "apt-cache", *options, "depends", KERNEL_META]
-    )
-    match = re.search(r"Depends: (linux-image-\S+)", depends)
-    if match is None:
-        raise ToolchainError(f"kernel: {KERNEL_META} names no kernel package:\n{depends}")
-    download = state / "download"
-    _run(
-        "kernel: apt-get download",
-        [*apt, "sh", "-c", f'cd "{download}" && apt-get {" ".join(options)} download {match[1]}'],
-    )
-    (package,) = (root_state / "download").glob("*.deb")
-    _run("kernel: dpkg-deb -x", ["dpkg-deb", "-x", str(package), str(target)])
-    package.unlink()
-    (cache / "kernel.ok").write_text(match[1] + "\n")
-    return target
-
-
-def _install_wheels(cache: Path, lock: Path) -> Path:
-    """The enclave's locked wheels for the guest's Python, unpacked (pip checks every hash)."""
-    digest = _run("wheels: sha256", ["sha256sum", str(lock)]).split()[0][:16]
-    target = cache / f"wheels-{GUEST_PYTHON}-{digest}"
-    if (cache / f"{target.name}.ok").exists():
-        return target
-    shutil.rmtree(target, ignore_errors=True)
-    _say(f"wheels: {lock.name} for CPython {GUEST_PYTHON}")
-    _run(
-        "wheels: pip install",
-        [
-            sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--no-deps",
-            "--require-hashes", "--only-binary=:all:", "--implementation", "cp",
-            "--python-version", GUEST_PYTHON, "--platform", "manylinux2014_x86_64",
-            "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_34_x86_64",
-            "--target", str(target), "-r", str(lock),
-        ],
-    )  # fmt: skip
-    (cache / f"{target.name}.ok").write_text("ok\n")
-    return target
-
-
-def ensure(lock: Path) -> Toolchain:
-    """Install what is missing (minutes the first time, nothing after) and return the paths.
-
-    Raises ToolchainError naming the failed step.
-    """
+def ensure() -> Toolchain:
+    """Install the chroot if it is missing (about a minute the first time, nothing after) and
+    return the paths. Raises ToolchainError naming the failed step."""
     if os.geteuid() != 0:
         raise ToolchainError("the VM toolchain needs root (mmdebstrap, chroot, mount namespaces)")
     cache = cache_dir()
+    chroot = cache / f"toolchain-{TOOLCHAIN_SUITE}"
     with _locked(cache):
-        chroot = cache / f"toolchain-{TOOLCHAIN_SUITE}"
         _mmdebstrap("toolchain", chroot, TOOLCHAIN_SUITE, TOOLCHAIN_PACKAGES, "apt")
-        kernel_root = _install_kernel(cache, chroot)
-        guest = cache / f"guest-{KERNEL_SUITE}"
-        _mmdebstrap("guest root", guest, KERNEL_SUITE, GUEST_PACKAGES, "essential")
-        wheels = _install_wheels(cache, lock)
-    (image,) = sorted((kernel_root / "boot").glob("vmlinuz-*"))
-    version = image.name.removeprefix("vmlinuz-")
-    return Toolchain(
-        cache=cache,
-        chroot=chroot,
-        kernel=image,
-        modules=kernel_root / "usr/lib/modules" / version,
-        kernel_version=version,
-        guest_root=guest,
-        wheels=wheels,
-    )
+    return Toolchain(cache=cache, chroot=chroot)

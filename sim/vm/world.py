@@ -19,13 +19,13 @@ from typing import Any, Final
 
 from nitrokms.sim.launch import EnclaveProcess, WorldError, measurements_document
 from nitrokms.sim.vm.bootimage import BootSource
-from nitrokms.sim.vm.machine import VirtualMachine
+from nitrokms.sim.vm.machine import BootImage, VirtualMachine
 from nitrokms.sim.vm.recorder import Recorder
+from nitrokms.sim.vm.toolchain import Toolchain
 from nitrokms.sim.world import World
 
-ENCLAVE_PORT: Final = 5000
-RELAY_PORT: Final = 8000
-HOST_CID: Final = 2  # the host as a guest of vhost-device-vsock sees it (the parent is 3 on Nitro)
+ENCLAVE_PORT: Final = 5000  # the image's default listen port
+RELAY_PORT: Final = 8000  # the image's default relay port (at its parent CID, 2 here)
 
 
 @dataclass
@@ -48,15 +48,24 @@ class VMEnclave(EnclaveProcess):
 
 
 class VMWorld(World):
-    """`with VMWorld(workdir, source) as world:`; `world.vm` is the running machine."""
+    """`with VMWorld(workdir, tools, source) as world:`; `world.vm` is the running machine and
+    `world.image` what it booted."""
 
     def __init__(
-        self, workdir: Path, source: BootSource, *, record: bool = False, **kwargs: Any
+        self,
+        workdir: Path,
+        tools: Toolchain,
+        source: BootSource,
+        *,
+        record: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(workdir, **kwargs)
+        self.tools = tools
         self.source = source
         self.record = record
         self.vm: VirtualMachine | None = None
+        self.image: BootImage | None = None
         self.recorders: list[Recorder] = []
 
     @property
@@ -78,20 +87,17 @@ class VMWorld(World):
     ) -> EnclaveProcess:
         if name != "enclave" or kms_relay is not None or extra_args or debug:
             raise WorldError("a VM world runs exactly one enclave, the image's")
-        settings = {
-            "NITROKMS_LISTEN": f"vsock://any:{ENCLAVE_PORT}",
-            "NITROKMS_KMS_RELAY": f"vsock://{HOST_CID}:{RELAY_PORT}",
-            "NITROKMS_KMS_ENDPOINT": f"{self.kms_host}:{self.kms_port}",
-            "NITROKMS_REGION": self.region,
-            "NITROKMS_POOL_SIZE": "1",
-        }
-        image = self.source.build(self.workdir / "vm", settings, self.kms_ca_path.read_bytes())
-        self.measurements = dict(image.measurements)
+        # The image's KMS endpoint is the real host name on port 443; the relay, not the name,
+        # decides where the bytes go (the local KMS's port), and the local KMS's certificate
+        # names that host, so TLS in the guest verifies as it would against AWS.
+        image = self.source.build(self.workdir / "vm", self.region, self.kms_ca_path)
+        self.image = image
+        self.measurements = {i: image.measurements[i] for i in range(3)}
         pcrs_file = self.workdir / "vm-measurements.json"
         pcrs_file.write_text(json.dumps(measurements_document(self.measurements)))
         binds = sorted({self.workdir, self.run_dir})
         self.vm = VirtualMachine(
-            self.source.tools,
+            self.tools,
             image,
             run_dir=self.run_dir,
             log_dir=self.log_dir,

@@ -1,6 +1,7 @@
-"""The enclave in a real Linux guest (QEMU microvm, TCG) with real vsock: `make vm-test`.
+"""The enclave image in a real Linux guest (QEMU microvm, TCG) with real vsock: `make vm-test`.
 
-One run of `python -m nitrokms.sim vm demo --record` under `strace -f`, then three checks on
+One run of `python -m nitrokms.sim vm demo --record` under `strace -f` (it builds the image with
+the VM's settings and boots its EIF's kernel, command line and ramdisks), then three checks on
 what it left behind: the flow's output, every byte the host side of the vsock bridge carried
 (searched for the data key's plaintext, recovered independently from the local KMS's key store),
 and every socket, bind and connect call of every host process (no AF_VSOCK at all, so nothing
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from nitrokms.parent.eif import measurements, read_eif
 from nitrokms.sim.kms.crypto import open_blob
 from nitrokms.sim.kms.models import KeyStore
 from nitrokms.sim.kms.server import DEFAULT_ACCOUNT
@@ -26,6 +28,7 @@ RUN_TIMEOUT_S = 1100
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.image,  # it builds and runs the enclave image: kept out of `make soak` too
     pytest.mark.needs_root,
     pytest.mark.timeout(RUN_TIMEOUT_S + 60),
     pytest.mark.skipif(os.geteuid() != 0, reason="the VM needs root (chroot, mount namespaces)"),
@@ -62,12 +65,18 @@ def test_the_attested_flow_runs_in_the_guest(run: dict[str, object]) -> None:
     assert isinstance(summary, dict)
     assert "vm: guest kernel 6." in out
     assert summary["kernel_release"].endswith("-cloud-amd64")
-    assert summary["nsm_device"] is True, "the guest's nsm driver did not create /dev/nsm"
+    eif = read_eif(Path(summary["eif"]).read_bytes())
+    assert {i: v.hex() for i, v in measurements(eif).items()} == {
+        int(i): v for i, v in summary["measurements"].items()
+    }
+    assert "nitrokms-init: heartbeat to vsock 2:9000 answered" in out
+    assert summary["heartbeats"] == 1
+    assert summary["nsm_module_id"].startswith("i-")  # the simulator answered via /dev/nsm
     assert "credentials pushed over vsock" in out
     assert f"generate-data-key: handle {summary['handle']}" in out
     assert summary["handle"].startswith("kh-")
     assert "the same bytes back" in out
-    assert "= the measurement of the bytes that booted" in out
+    assert "PCR0-2 = the EIF's" in out
 
 
 def test_no_data_key_plaintext_crossed_the_bridge(run: dict[str, object]) -> None:
