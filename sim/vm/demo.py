@@ -32,7 +32,7 @@ from nitrokms.sim.vm.world import VMWorld
 
 DEFAULT_TIMEOUT_S: Final = 1200.0
 CALL_TIMEOUT_S: Final = 120.0
-FETCHES: Final = 5
+FETCHES: Final = 20
 SECRET: Final = b"attested in a real kernel, over real vsock"
 CONTEXT: Final = {"demo": "vm"}
 
@@ -165,19 +165,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class DemoStopped(Exception):
+    pass
+
+
 def _expire(_signum: int, _frame: FrameType | None) -> None:
     raise DemoTimeout
+
+
+def _stopped(_signum: int, _frame: FrameType | None) -> None:
+    raise DemoStopped  # unwinds through the world's cleanup: no VM or backend is left behind
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         signal.signal(signal.SIGALRM, _expire)
+        signal.signal(signal.SIGTERM, _stopped)
         signal.alarm(max(1, int(args.timeout)))
     try:
         return _setup(args) if args.command == "setup" else _demo(args)
     except DemoTimeout:
         print(f"vm {args.command}: not finished within {args.timeout:g} s", file=sys.stderr)
+    except DemoStopped:
+        print(f"vm {args.command}: stopped (SIGTERM)", file=sys.stderr)
     except (toolchain.ToolchainError, ImageError, ProcessFailed, OSError) as exc:
         print(f"vm {args.command}: {exc}", file=sys.stderr)
     except Exception as exc:  # an RPC or KMS error from the flow: one line, no traceback

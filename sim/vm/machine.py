@@ -33,6 +33,11 @@ ENCLAVE_READY: Final = '"event": "ready"'
 INIT_MARK: Final = "nitrokms-init: starting"  # the image's init, image/init.c
 KERNEL_MARK: Final = "Linux version "
 HEARTBEAT_PORT: Final = 9000  # image/init.c's default
+# Guest time from the instruction count, not the host's clock: microvm has no HPET or PM timer,
+# so the kernel calibrates its TSC against the PIT, and under TCG on a loaded host that
+# calibration fails ("tsc: Unable to calibrate against PIT") and the boot hangs. With icount both
+# clocks advance with the guest's own work and the calibration holds at any host load.
+ICOUNT: Final = ("-icount", "shift=auto,sleep=off")
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,7 @@ class VirtualMachine:
         memory = f"{MEMORY_MB}M"
         return [
             "qemu-system-x86_64", "-M", "microvm,acpi=on,memory-backend=mem", "-accel", "tcg",
-            "-cpu", "max", "-smp", "1", "-m", memory,
+            "-cpu", "max", "-smp", "1", "-m", memory, *ICOUNT,
             "-object", f"memory-backend-memfd,id=mem,size={memory},share=on",
             "-chardev", f"socket,id=vsock,path={self.run_dir / 'vhost.sock'}",
             "-device", "vhost-user-vsock-device,chardev=vsock",
