@@ -33,11 +33,13 @@ ENCLAVE_READY: Final = '"event": "ready"'
 INIT_MARK: Final = "nitrokms-init: starting"  # the image's init, image/init.c
 KERNEL_MARK: Final = "Linux version "
 HEARTBEAT_PORT: Final = 9000  # image/init.c's default
-# Guest time from the instruction count, not the host's clock: microvm has no HPET or PM timer,
-# so the kernel calibrates its TSC against the PIT, and under TCG on a loaded host that
-# calibration fails ("tsc: Unable to calibrate against PIT") and the boot hangs. With icount both
-# clocks advance with the guest's own work and the calibration holds at any host load.
-ICOUNT: Final = ("-icount", "shift=auto,sleep=off")
+# Guest time from the instruction count while the guest runs: microvm has no HPET or PM timer, so
+# the kernel calibrates its TSC against the PIT, and under TCG on a loaded host that calibration
+# fails ("tsc: Unable to calibrate against PIT") and the boot hangs; with icount both clocks advance
+# with the guest's own work and it holds at any load. While the guest idles, time follows the
+# host's clock (sleep=on, the default): with sleep=off it jumps to the next timer, and a guest
+# waiting on a host-side device (the NSM backend, vsock) saw its 30 s request timeouts fire early.
+ICOUNT: Final = ("-icount", "shift=auto,sleep=on")
 
 
 @dataclass(frozen=True)
