@@ -32,6 +32,8 @@ from nitrokms.proto.vhost_vsock import (
 from nitrokms.transport import sockets
 from nitrokms.transport.sockets import bound_address, connect_socket, open_connection, start_server
 
+from tests.proxy.support import echo
+
 # --- addresses --------------------------------------------------------------------------------
 
 
@@ -125,15 +127,6 @@ def test_arbitrary_bytes_parse_or_raise_the_handshake_error(data: bytes) -> None
 # --- a fake vhost-device-vsock ----------------------------------------------------------------
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(65536):
-        writer.write(data)
-        await writer.drain()
-    writer.write_eof()
-    await writer.drain()
-    writer.close()
 
 
 def backend(guest_ports: dict[int, Path], reply: Callable[[int], list[bytes]]) -> Script:
