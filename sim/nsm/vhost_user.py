@@ -51,18 +51,20 @@ class NSMVirtioDevice:
 
     def process(self, index: int, queue: SplitQueue) -> bool:
         used = False
-        while True:
+        for _ in range(queue.size):  # at most one queue's worth per kick: a lying index ends here
             try:
                 chain = queue.pop()
             except QueueError as exc:
                 log.error("NSM queue: %s", exc)
-                if exc.head is not None:
-                    queue.push(exc.head, 0)
-                    used = True
+                if exc.head is None:
+                    return used  # the ring itself is unusable; nothing to hand back
+                queue.push(exc.head, 0)
+                used = True
                 continue
             if chain is None:
                 return used
             used = self._take(queue, chain) or used
+        return used
 
     def _take(self, queue: SplitQueue, chain: Chain) -> bool:
         memory = queue.memory

@@ -201,12 +201,19 @@ class Session:
         return vring.enabled and vring.addr is not None and vring.size > 0 and self.owned
 
     def kicked(self, index: int) -> None:
-        """Run the device on queue `index` and signal the driver when it used buffers."""
-        queue = self.queue(index)
-        if queue is None:
+        """Run the device on queue `index` and signal the driver when it used buffers. A ring
+        the guest broke (addresses outside its memory) is logged and left alone: the guest's
+        driver is the one to reset it."""
+        try:
+            queue = self.queue(index)
+            if queue is None:
+                return
+            used = self.device.process(index, queue)
+        except (QueueError, MemoryAccessError) as exc:
+            log.error("queue %d: %s", index, exc)
             return
         call = self.vrings[index].call
-        if self.device.process(index, queue) and call is not None:
+        if used and call is not None:
             os.write(call, EVENTFD_VALUE.pack(1))
 
     def reset(self) -> None:

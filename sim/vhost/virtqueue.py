@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from nitrokms.sim.vhost.memory import GuestMemory
+from nitrokms.sim.vhost.memory import GuestMemory, MemoryAccessError
 
 DESC = struct.Struct("<QIHH")
 U16 = struct.Struct("<H")
@@ -79,15 +79,22 @@ class SplitQueue:
         self.avail = avail
         self.used = used
         self.last_avail = base & 0xFFFF
-        self.used_idx = self._u16(used + 2)
+        try:
+            self.used_idx = self._u16(used + 2)
+        except MemoryAccessError as exc:
+            raise QueueError(f"used ring: {exc}") from None
 
     def _u16(self, addr: int) -> int:
         value: int = U16.unpack(self.memory.read(addr, 2))[0]
         return value
 
     def pending(self) -> int:
-        """Chains the driver made available that the device has not taken yet."""
-        return (self._u16(self.avail + 2) - self.last_avail) & 0xFFFF
+        """Chains the driver made available that the device has not taken yet. Raises QueueError
+        when the ring itself is outside guest memory."""
+        try:
+            return (self._u16(self.avail + 2) - self.last_avail) & 0xFFFF
+        except MemoryAccessError as exc:
+            raise QueueError(f"available ring: {exc}") from None
 
     def pop(self) -> Chain | None:
         """Take the next available chain, or None. Raises QueueError for a malformed chain (it
@@ -102,7 +109,7 @@ class SplitQueue:
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         try:
             return self._walk(head)
-        except QueueError as exc:
+        except (QueueError, MemoryAccessError) as exc:
             raise QueueError(str(exc), head if head < self.size else None) from None
 
     def _walk(self, head: int) -> Chain:
@@ -128,7 +135,8 @@ class SplitQueue:
         raise QueueError(f"descriptor chain from {head} is longer than the queue (a loop?)")
 
     def push(self, head: int, written: int) -> None:
-        """Return chain `head` to the driver with `written` bytes written into it."""
+        """Return chain `head` to the driver with `written` bytes written into it. Raises
+        MemoryAccessError when the used ring is outside guest memory."""
         slot = self.used + 4 + USED_ELEM.size * (self.used_idx % self.size)
         self.memory.write(slot, USED_ELEM.pack(head, written))
         self.used_idx = (self.used_idx + 1) & 0xFFFF

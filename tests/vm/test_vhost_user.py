@@ -422,3 +422,37 @@ def test_a_front_end_breaking_the_protocol_ends_only_its_session(tmp_path: Path)
     finally:
         stop.set()
         thread.join(10)
+
+
+# --- whatever the guest writes into its rings -------------------------------------------------
+
+
+@settings(max_examples=300)
+@given(
+    rings=st.binary(max_size=2048),
+    avail_idx=st.integers(0, 0xFFFF),
+    base=st.integers(0, 0xFFFF),
+    offsets=st.tuples(*(st.integers(-64, MEMORY_BYTES) for _ in range(3))),
+)
+def test_any_ring_contents_are_served_or_refused(
+    rings: bytes, avail_idx: int, base: int, offsets: tuple[int, int, int]
+) -> None:
+    """Guest-controlled memory (descriptors, indexes, ring addresses) never crashes the device or
+    loops: a kick returns, having used buffers or not."""
+    rig = Rig()
+    try:
+        rig.ram[: len(rings)] = rings
+        rig.ram[rig.layout.avail - GPA + 2 : rig.layout.avail - GPA + 4] = avail_idx.to_bytes(
+            2, "little"
+        )
+        desc, used, avail = (GPA + o for o in offsets)
+        rig.start()
+        addr = m.VRING_ADDR.pack(0, 0, QVA + desc - GPA, QVA + used - GPA, QVA + avail - GPA, 0)
+        for payload in (m.VRING_ADDR.pack(0, 0, QVA, QVA + rig.layout.used - GPA,
+                                          QVA + rig.layout.avail - GPA, 0), addr):  # fmt: skip
+            rig.send(Request.SET_VRING_ADDR, payload)
+            rig.send(Request.SET_VRING_BASE, m.VRING_STATE.pack(0, base))
+            rig.send(Request.SET_VRING_ENABLE, m.VRING_STATE.pack(0, 1))
+            rig.session.kicked(0)
+    finally:
+        rig.close()
