@@ -125,6 +125,12 @@ class VMWorld(World):
             False, vm=self.vm, vsock_address=f"vhost-vsock://{address_path}:{ENCLAVE_PORT}",
         )  # fmt: skip
 
+    def enclave_netns_command(self, argv: Sequence[str], pid: int | None = None) -> list[str]:
+        raise WorldError("the enclave is a virtual machine: there is no namespace to enter")
+
+    def probe_direct_kms(self, pid: int | None = None) -> str:
+        raise WorldError("the enclave is a virtual machine: its only way out is vsock")
+
     def _record(self, listen: Path, target: Path, name: str) -> None:
         self.recorders.append(Recorder(listen, target, self.capture_dir, name).start())
 
