@@ -13,6 +13,7 @@ boots an EIF given as a file, as it is.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -101,4 +102,5 @@ class ImageBuild:
         (out_dir / "image-build.log").write_text(result.stderr)
         if result.returncode != 0:
             raise ImageError(f"image build failed: {result.stderr.strip()[-600:]}")
+        shutil.rmtree(work, ignore_errors=True)  # the staging tree; out_dir/image keeps the EIF
         return load_eif(out_dir / "image" / "enclave.eif", out_dir / "boot")

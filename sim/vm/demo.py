@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,6 +135,23 @@ def _demo(args: argparse.Namespace) -> int:
     _say(f"toolchain ready in {summary['toolchain_s']:.1f} s")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="nitrokms-vm-"))
     summary["workdir"] = str(workdir)
+    try:
+        _run_world(args, tools, workdir, summary)
+    except BaseException:
+        print(f"vm demo: logs and state kept in {workdir}", file=sys.stderr)
+        raise
+    if args.workdir is None and not args.record:
+        shutil.rmtree(workdir, ignore_errors=True)  # hundreds of MB of image and boot files
+    summary["total_s"] = round(time.monotonic() - started, 2)
+    if args.summary:
+        args.summary.write_text(json.dumps(summary, indent=2))
+    _say(f"done in {summary['total_s']:.1f} s")
+    return 0
+
+
+def _run_world(
+    args: argparse.Namespace, tools: toolchain.Toolchain, workdir: Path, summary: dict[str, Any]
+) -> None:
     source = _source(args)
     world = VMWorld(workdir, tools, source, record=args.record)
     with world:
@@ -145,11 +163,6 @@ def _demo(args: argparse.Namespace) -> int:
         if args.record:
             summary["captures"] = [str(p) for p in world.capture_dir.glob("*.bin")]
             summary["kms_state"] = str(world.kms_state)
-    summary["total_s"] = round(time.monotonic() - started, 2)
-    if args.summary:
-        args.summary.write_text(json.dumps(summary, indent=2))
-    _say(f"done in {summary['total_s']:.1f} s")
-    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
