@@ -110,6 +110,7 @@ class VMWorld(World):
         address_path = self.vm.vsock_path
         if self.record:
             address_path = self.run_dir / "rec.vsock"
+        if self.record and not self.recorders:  # a restarted enclave keeps the same recorders
             self._record(self.run_dir / f"vm.vsock_{RELAY_PORT}", self.relay_socket, "to-relay")
             self._record(address_path, self.vm.vsock_path, "to-guest")
         try:
