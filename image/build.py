@@ -87,6 +87,7 @@ class Options:
     kms_roots: tuple[str, ...]
     bytecode: bool
     parent_cid: int
+    kms_roots_pem: bytes | None = None  # replaces the named roots (a simulated KMS's CA)
 
 
 def run(command: Sequence[str], **kwargs: Any) -> None:
@@ -111,7 +112,12 @@ def debian_base(options: Options, staging: Path) -> list[Package]:
     ca = apt.fetch("ca-certificates")
     unpacked = options.work / "ca-certificates"
     apt.extract(ca, unpacked)
-    kms_roots(unpacked / "usr/share/ca-certificates/mozilla", options.kms_roots, staging)
+    if options.kms_roots_pem is not None:
+        target = staging / KMS_ROOTS_PATH
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(options.kms_roots_pem)
+    else:
+        kms_roots(unpacked / "usr/share/ca-certificates/mozilla", options.kms_roots, staging)
     for relative in PRUNED:
         shutil.rmtree(staging / relative, ignore_errors=True)
     for relative in MOUNT_POINTS:
@@ -198,7 +204,11 @@ def build_rootfs(options: Options, version: str) -> tuple[Path, dict[str, Any]]:
     manifest = {
         "debian": [f"{p.name}={p.version} ({p.arch})" for p in debs],
         "wheels": dists,
-        "kms_roots": list(options.kms_roots),
+        "kms_roots": (
+            list(options.kms_roots)
+            if options.kms_roots_pem is None
+            else [f"pem sha256:{hashlib.sha256(options.kms_roots_pem).hexdigest()}"]
+        ),
         "settings": options.settings,
     }
     return staging, manifest
@@ -344,6 +354,12 @@ def parse(argv: Sequence[str]) -> Options:
         default=" ".join(KMS_ROOTS),
         help="ca-certificates file names (without .crt) of the KMS TLS roots",
     )
+    parser.add_argument(
+        "--kms-roots-pem",
+        type=Path,
+        help="a PEM bundle to trust for KMS instead of --kms-roots (a simulated KMS's CA, as "
+        "`make vm-demo` builds its image; never for a deployment)",
+    )
     parser.add_argument("--no-bytecode", action="store_true", help="ship no .pyc")
     args = parser.parse_args(argv)
     epoch_text = os.environ.get("SOURCE_DATE_EPOCH", "")
@@ -368,8 +384,20 @@ def parse(argv: Sequence[str]) -> Options:
         out=args.out.resolve(), work=args.work.resolve(), cache=args.cache,
         epoch=int(epoch_text), mirror=args.mirror or host_mirror(), settings=settings,
         kms_roots=tuple(args.kms_roots.split()), bytecode=not args.no_bytecode,
-        parent_cid=args.parent_cid,
+        parent_cid=args.parent_cid, kms_roots_pem=_read_pem(parser, args.kms_roots_pem),
     )  # fmt: skip
+
+
+def _read_pem(parser: argparse.ArgumentParser, path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        parser.error(f"--kms-roots-pem {path}: {exc.strerror or exc}")
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        parser.error(f"--kms-roots-pem {path} holds no PEM certificate")
+    return data
 
 
 def main(argv: Sequence[str] | None = None) -> int:

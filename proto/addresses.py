@@ -1,5 +1,5 @@
-"""Transport addresses (`vsock://CID:PORT`, `tcp://HOST:PORT`, `unix:///path`): parsing and
-formatting only.
+"""Transport addresses (`vsock://CID:PORT`, `tcp://HOST:PORT`, `unix:///path`,
+`vhost-vsock:///path:PORT`): parsing and formatting only.
 
 Enclave and parent code name their peers with these addresses so that the same code runs over
 AF_VSOCK on Nitro hardware and over unix sockets or TCP in tests and the simulated world. The
@@ -24,6 +24,7 @@ __all__ = [
     "AddressError",
     "TcpAddress",
     "UnixAddress",
+    "VhostVsockAddress",
     "VsockAddress",
     "format_address",
     "parse_address",
@@ -100,11 +101,44 @@ class UnixAddress:
         return f"unix://{self.path}"
 
 
-Address = VsockAddress | TcpAddress | UnixAddress
+@dataclass(frozen=True)
+class VhostVsockAddress:
+    """A vsock port of a virtual machine whose vsock device is vhost-device-vsock (a vhost-user
+    backend that bridges the guest's vsock to unix sockets on the host), `vhost-vsock:///PATH:PORT`.
+
+    PATH is the backend's `--uds-path`. Connecting reaches the guest's port PORT: connect to PATH,
+    send the line `CONNECT PORT`, read one line `OK ...`, then the stream is the guest's (see
+    `nitrokms.proto.vhost_vsock`). Listening binds the unix socket `PATH_PORT`, where the backend
+    delivers the guest's connections to host port PORT (CID 2 as the guest sees it).
+    """
+
+    path: str
+    port: int
+
+    def __post_init__(self) -> None:
+        _check_range("vsock port", self.port, MAX_VSOCK_PORT)
+        if not isinstance(self.path, str) or self.path.startswith("@"):
+            raise AddressError(
+                "vhost-vsock addresses name a filesystem socket, not an abstract one"
+            )
+        UnixAddress(self.path)
+        UnixAddress(self.listen_path)
+
+    @property
+    def listen_path(self) -> str:
+        """The unix socket where the backend delivers guest connections to host port `port`."""
+        return f"{self.path}_{self.port}"
+
+    def __str__(self) -> str:
+        return f"vhost-vsock://{self.path}:{self.port}"
+
+
+Address = VsockAddress | TcpAddress | UnixAddress | VhostVsockAddress
 
 
 def parse_address(text: str) -> Address:
-    """Parse `vsock://CID:PORT`, `tcp://HOST:PORT` or `unix://PATH` (`unix:///abs/path`).
+    """Parse `vsock://CID:PORT`, `tcp://HOST:PORT`, `unix://PATH` (`unix:///abs/path`) or
+    `vhost-vsock://PATH:PORT` (`vhost-vsock:///run/vm.vsock:5000`).
 
     A vsock CID may be `any` (VMADDR_CID_ANY). IPv6 hosts are written in brackets. Raises
     AddressError naming what is wrong.
@@ -114,14 +148,21 @@ def parse_address(text: str) -> Address:
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise AddressError(
-            f"address {text!r} has no scheme; expected vsock://CID:PORT, tcp://HOST:PORT "
-            "or unix:///path"
+            f"address {text!r} has no scheme; expected vsock://CID:PORT, tcp://HOST:PORT, "
+            "unix:///path or vhost-vsock:///path:PORT"
         )
     scheme = scheme.lower()
     if scheme == "unix":
         return UnixAddress(rest)
+    if scheme == "vhost-vsock":
+        path, sep, port_text = rest.rpartition(":")
+        if not sep or not path:
+            raise AddressError(f"address {text!r}: expected vhost-vsock:///PATH:PORT")
+        return VhostVsockAddress(path, _parse_int(text, "port", port_text))
     if scheme not in ("vsock", "tcp"):
-        raise AddressError(f"unknown address scheme {scheme!r} in {text!r}; use vsock, tcp or unix")
+        raise AddressError(
+            f"unknown address scheme {scheme!r} in {text!r}; use vsock, tcp, unix or vhost-vsock"
+        )
     host, port_text = _split_host_port(text, rest)
     if scheme == "vsock":
         return VsockAddress(_parse_cid(text, host), _parse_int(text, "port", port_text))

@@ -11,6 +11,7 @@ GROUPS = {
     "creds": "nitrokms.sim.creds",
     "demo": "nitrokms.sim.demo",
     "world": "nitrokms.sim.world_cli",
+    "vm": "nitrokms.sim.vm.demo",
 }
 
 

@@ -40,8 +40,9 @@ def add_enclave_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--enclave",
         metavar="ADDR",
-        help="enclave service address (vsock://CID:PORT, unix:///path, tcp://HOST:PORT); "
-        "default $NITROKMS_ENCLAVE or vsock://CID:5000",
+        help="enclave service address (vsock://CID:PORT, unix:///path, tcp://HOST:PORT, "
+        "vhost-vsock:///path:PORT for a VM behind vhost-device-vsock); default $NITROKMS_ENCLAVE "
+        "or vsock://CID:5000",
     )
     parser.add_argument(
         "--cid", type=int, help="enclave CID for vsock://CID:5000 (default $NITROKMS_ENCLAVE_CID)"

@@ -24,6 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--role-arn", help="parent IAM role ARN measured into PCR3")
     run.add_argument("--region", default="us-east-1", help="region in certificate names")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    sub.add_parser(
+        "vhost-user",
+        add_help=False,
+        help="serve the simulator as virtio device 33 over vhost-user (vhost-user --help)",
+    )
     root = sub.add_parser("root", help="print the simulator's root certificate (PEM)")
     root.add_argument("--state", type=Path, default=None, help="state directory")
     return parser
@@ -78,6 +83,10 @@ def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["vhost-user"]:
+        from nitrokms.sim.nsm import vhost_user  # noqa: PLC0415 - only this command needs it
+
+        return vhost_user.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "root":
