@@ -21,8 +21,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from nitrokms.enclave.errors import NSMErrorCode
 from nitrokms.enclave.nsm import codec
-from nitrokms.enclave.nsm.errors import NSMErrorCode
 from nitrokms.sim.nsm.server import SimulatedNSM
 from nitrokms.sim.nsm.simulator import SimulatorConfigError
 from nitrokms.sim.paths import default_nsm_state_dir

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nitrokms.enclave.errors import NSMErrorCode
 from nitrokms.enclave.nsm import codec
-from nitrokms.enclave.nsm.errors import NSMErrorCode
 from nitrokms.sim.nsm.server import SimulatedNSM
 from nitrokms.sim.nsm.vhost_user import NSMVirtioDevice
 from nitrokms.sim.vhost import messages as m
