@@ -79,6 +79,11 @@ INVALID_MESSAGE: Final = _code(
 BAD_ADDRESS: Final = _code(
     "protocol.BadAddress", "a transport address that cannot be parsed or used", wire=False
 )
+VSOCK_HANDSHAKE: Final = _code(
+    "protocol.VsockHandshake",
+    "vhost-device-vsock answered a host's CONNECT with something other than `OK [port]`",
+    wire=False,
+)
 
 # --- KMS ------------------------------------------------------------------------------------------
 KMS_ANY: Final = _code(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from nitrokms.proto import codes
 from nitrokms.proto.errors import RemoteProtocolError
 
 __all__ = [
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 MAX_REPLY_BYTES = 64
-HANDSHAKE_CODE = "protocol.VsockHandshake"
+HANDSHAKE_CODE = codes.VSOCK_HANDSHAKE
 MAX_PORT = 0xFFFFFFFF
 _OK = re.compile(rb"\AOK(?: ([0-9]{1,10}))?\n\Z")
 
