@@ -72,7 +72,11 @@ async def serve(config: Config) -> int:
         log.info("brought the loopback interface up")
     nsm = NSMClient.open()
     pool = RecipientKeyPool(
-        size=config.pool_size, max_age_s=config.pool_max_age_s, max_uses=config.pool_max_uses
+        size=config.pool_size,
+        max_age_s=config.pool_max_age_s,
+        max_uses=config.pool_max_uses,
+        attestor=lambda *, public_key: nsm.get_attestation_doc(public_key=public_key),
+        document_max_age_s=config.pool_document_max_age_s,
     )
     proxy = ConnectProxy(
         config.kms_host, relay=config.kms_relay, port=config.proxy_port, kms_port=config.kms_port
@@ -82,7 +86,7 @@ async def serve(config: Config) -> int:
         await proxy.start()
         kms = EnclaveKMS(
             config.region,
-            attestor=lambda *, public_key: nsm.get_attestation_doc(public_key=public_key),
+            attestor=pool.attest,
             pool=pool,
             endpoint_url=config.endpoint_url,
             ca_bundle=config.ca_bundle,
