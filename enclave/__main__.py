@@ -86,7 +86,6 @@ async def serve(config: Config) -> int:
         await proxy.start()
         kms = EnclaveKMS(
             config.region,
-            attestor=pool.attest,
             pool=pool,
             endpoint_url=config.endpoint_url,
             ca_bundle=config.ca_bundle,

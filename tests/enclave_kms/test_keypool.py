@@ -265,6 +265,7 @@ def test_documents_stop_a_minute_before_their_leaf_certificate_expires(clock, ns
     probe = nsm.get_attestation_doc(public_key=b"x")
     leaf = x509.load_der_x509_certificate(parse_document(probe).certificate)
     expires = leaf.not_valid_after_utc.timestamp()
+
     def attestor(*, public_key: bytes) -> bytes:
         document: bytes = nsm.get_attestation_doc(public_key=public_key)
         return document
