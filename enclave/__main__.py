@@ -1,8 +1,10 @@
 """`python -m nitrokms.enclave`: the enclave service's entry point (the image's CMD).
 
-Brings loopback up, starts the recipient key pool, the in-enclave KMS CONNECT proxy and the RPC
-server, then prints `{"event": "ready", "listen": ADDRESS, "pid": PID}` on stderr. On SIGTERM or
-SIGINT it drains requests, wipes the keyring and exits 0. Startup failures exit 1 with one log line.
+Brings loopback up, starts the recipient key pool (pre-attested keys), the in-enclave KMS CONNECT
+proxy (for application code's boto3; the service's own KMS calls open the relay stream directly) and
+the RPC server, then prints `{"event": "ready", "listen": ADDRESS, "pid": PID}` on stderr. On
+SIGTERM or SIGINT it drains requests, wipes the keyring and exits 0. Startup failures exit 1 with
+one log line.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ async def serve(config: Config) -> int:
             pool=pool,
             endpoint_url=config.endpoint_url,
             ca_bundle=config.ca_bundle,
-            proxy_url=proxy.proxy_url,
+            relay=config.kms_relay,
             max_attempts=config.kms_max_attempts,
         )
         service = EnclaveService(kms=kms, nsm=nsm, keyring=keyring, pool=pool, region=config.region)
