@@ -220,6 +220,8 @@ class KMSTransport:
                 sock = connect_socket(target, self.connect_timeout_s)
         except (OSError, AddressError) as exc:
             raise ConnectError(f"cannot connect to {target}: {_reason(exc)}") from None
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as urllib3 does
         sock.settimeout(self.connect_timeout_s)
         return sock
 
