@@ -155,7 +155,6 @@ class KMSTransport:
             self._reused += reused
         reader = ResponseReader()
         try:
-            connection.sock.settimeout(self.read_timeout_s)
             connection.sock.sendall(request)
             response = None
             while response is None:
@@ -201,6 +200,7 @@ class KMSTransport:
         except BaseException:
             sock.close()
             raise
+        sock.settimeout(self.read_timeout_s)  # from here on, per send and per read
         with self._lock:
             self._connections += 1
         return _Connection(sock)
