@@ -119,7 +119,7 @@ async def _runs(
     results: dict[str, list[float]] = {"health c=1": []}
     for concurrency in direct:
         results[f"enclave c={concurrency}"], results[f"baseline c={concurrency}"] = [], []
-    chunk = requests // ROUNDS
+    chunk = max(16, requests // ROUNDS // 16 * 16)  # whole calls for 16 workers per round
     for index in range(ROUNDS):
         for concurrency, baseline in direct.items():
             order = ("baseline", "enclave") if index % 2 == 0 else ("enclave", "baseline")
