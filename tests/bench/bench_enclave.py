@@ -39,7 +39,7 @@ from tests.enclave.rpc_client import Client
 WARMUP = 20
 
 
-ROUNDS = 4  # baseline and enclave alternate in rounds (B E E B ...): same moments, same load
+ROUNDS = 8  # baseline and enclave alternate in rounds (B E E B ...): same moments, same load
 
 
 async def _timed_concurrently(
@@ -137,7 +137,7 @@ async def _runs(
 def run(quick: bool = False, requests: int | None = None) -> list[Figure]:
     """Enclave service GenerateDataKey at c=1 and c=16 against boto3 straight to the local KMS,
     interleaved in rounds."""
-    requests = requests or (32 if quick else 320)
+    requests = requests or (32 if quick else 384)
     with (
         tempfile.TemporaryDirectory(prefix="bench-enclave-") as tmp,
         World(Path(tmp), enclave_args=("--log-level", "WARNING", "--pool-size", "4")) as world,
@@ -161,7 +161,7 @@ def run(quick: bool = False, requests: int | None = None) -> list[Figure]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.bench_enclave")
-    parser.add_argument("--requests", type=int, default=320, help="per measurement (mult. of 16)")
+    parser.add_argument("--requests", type=int, default=384, help="per measurement (mult. of 128)")
     figures = run(requests=parser.parse_args(argv).requests)
     print(table(figures))
     for f in figures[:2]:
