@@ -1,9 +1,11 @@
 """`python -m nitrokms.enclave`: the enclave service's entry point (the image's CMD). It needs no
 argument: the image's settings file says everything (see `nitrokms.enclave.config`).
 
-Brings loopback up, starts the recipient key pool, the in-enclave KMS CONNECT proxy and the RPC
-server, then prints `{"event": "ready", "listen": ADDRESS, "pid": PID}` on stderr. On SIGTERM or
-SIGINT it drains requests, wipes the keyring and exits 0. Startup failures exit 1 with one log line.
+Brings loopback up, starts the recipient key pool (pre-attested keys), the in-enclave KMS CONNECT
+proxy (for application code's boto3; the service's own KMS calls open the relay stream directly) and
+the RPC server, then prints `{"event": "ready", "listen": ADDRESS, "pid": PID}` on stderr. On
+SIGTERM or SIGINT it drains requests, wipes the keyring and exits 0. Startup failures exit 1 with
+one log line.
 """
 
 from __future__ import annotations
@@ -85,17 +87,20 @@ async def serve(config: Config) -> int:
 async def _serve(config: Config, path: KMSNetworkPath) -> int:
     nsm = NSMClient.open()
     pool = RecipientKeyPool(
-        size=config.pool_size, max_age_s=config.pool_max_age_s, max_uses=config.pool_max_uses
+        size=config.pool_size,
+        max_age_s=config.pool_max_age_s,
+        max_uses=config.pool_max_uses,
+        attestor=lambda *, public_key: nsm.get_attestation_doc(public_key=public_key),
+        document_max_age_s=config.pool_document_max_age_s,
     )
     keyring = Keyring(config.max_keys, config.key_ttl_s)
     try:
         kms = EnclaveKMS(
             config.region,
-            attestor=lambda *, public_key: nsm.get_attestation_doc(public_key=public_key),
             pool=pool,
             endpoint_url=config.endpoint_url,
             ca_bundle=config.ca_bundle,
-            proxy_url=path.proxy_url,
+            relay=config.kms_relay,  # straight to the relay; the listener serves apps
             max_attempts=config.kms_max_attempts,
         )
         service = EnclaveService(kms=kms, nsm=nsm, keyring=keyring, pool=pool, region=config.region)

@@ -34,11 +34,11 @@ routes through the CONNECT listener.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from nitrokms.enclave.cms import decrypt_enveloped_data
 from nitrokms.enclave.errors import RecipientReplyError
-from nitrokms.enclave.keypool import RecipientKey, RecipientKeyPool
+from nitrokms.enclave.keypool import Attestor, RecipientKey, RecipientKeyPool
 
 KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
 SERVICE_EVENT_ID = "kms"
@@ -51,15 +51,6 @@ PLAINTEXT_FIELDS: dict[str, str] = {
     "GenerateRandom": "Plaintext",
     "DeriveSharedSecret": "SharedSecret",
 }
-
-
-class Attestor(Protocol):
-    """Returns a fresh attestation document (COSE_Sign1 bytes) carrying `public_key`.
-
-    `NSMClient.get_attestation_doc` satisfies it.
-    """
-
-    def __call__(self, *, public_key: bytes) -> bytes: ...
 
 
 class RecipientHooks:

@@ -54,6 +54,7 @@ class Config:
     pool_size: int
     pool_max_age_s: float
     pool_max_uses: int
+    pool_document_max_age_s: float
     max_keys: int
     key_ttl_s: float
     max_connections: int
@@ -153,6 +154,12 @@ def _options(default_region: str) -> tuple[Option, ...]:
         Option("--pool-size", 2, "recipient RSA keys kept ready", _bounded(int, 1, 64)),
         Option("--pool-max-age-s", 3600.0, "recipient key lifetime", _bounded(float, 1, 86400)),
         Option("--pool-max-uses", 1000, "uses per recipient key", _bounded(int, 1, 10**9)),
+        Option(
+            "--pool-document-max-age-s",
+            60.0,
+            "reuse a key's pre-made attestation document up to this age (0 = a new one per call)",
+            _bounded(float, 0, 3600),
+        ),
         Option("--max-keys", 1024, "data keys held at once (LRU beyond)", _bounded(int, 1, 10**6)),
         Option("--key-ttl-s", 3600.0, "data key lifetime", _bounded(float, 1, 7 * 86400)),
         Option("--max-connections", 256, "RPC connections at once", _bounded(int, 1, 65536)),

@@ -1,20 +1,26 @@
 """The enclave service's KMS client: credentials, retries, one attested path, error mapping.
 
-One boto3 KMS client (one connection pool, keep-alive) with the issue-10 Recipient hooks attached
-is built per credential set and rebuilt only when the parent sends new credentials, so every data
-key the service fetches goes through `enclave.attested_kms`. botocore's "standard" retry mode
-retries throttling, 5xx, timeouts and connection errors with exponential backoff and full jitter,
-bounded by `max_attempts`; it never retries AccessDenied or InvalidCiphertext. Every foreign
-exception is translated once, here: `ClientError` into `KMSError` (`kms.<__type>`), connection
-failures and timeouts into `KMSUnavailableError` (`kms.Unreachable`), and certificate or hostname
-verification failures into `KMSTLSError` (`kms.TLSVerificationFailed`), whose message names the
-certificate problem.
+The service's own calls (GenerateDataKey, Decrypt, GenerateRandom, GenerateDataKeyWithoutPlaintext)
+do not go through botocore: a request is a JSON body (`enclave.kms_wire`), signed with SigV4
+(`enclave.sigv4`) and sent on a kept-alive TLS connection (`enclave.kms_connection`), in production
+straight through the stream to the parent's relay. botocore spends about a millisecond of CPU per
+call on events, models and urllib3 (BENCHMARKS.md); this path does the same work in a tenth of it.
+Applications inside the enclave keep boto3 with the attested hooks (`enclave.attested_kms`).
+
+It behaves as the boto3 client with those hooks did, and the tests hold it to that against botocore
+itself: the same body and SigV4 signature for the same inputs; every attested call carries
+`Recipient` with a pooled key's document, and `CiphertextForRecipient` is decrypted with exactly
+that key; retries follow botocore's "standard" mode (`enclave.kms_retry`: throttling, 5xx,
+timeouts and connection failures, with jitter, bounded by `max_attempts`; never AccessDenied or
+InvalidCiphertext); and errors map as before: an error reply becomes `KMSError` with
+`kms.<__type>` (botocore's parsing: `__type` after `#`, or the HTTP status when the body has none),
+connection failures and timeouts `KMSUnavailableError` (`kms.Unreachable`), certificate or host-name
+verification failures `KMSTLSError` (`kms.TLSVerificationFailed`, named, never retried), and
+parameters a KMS would refuse `KMSRequestError` before anything is sent.
 """
 
 from __future__ import annotations
 
-import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,20 +28,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
-import botocore.session
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    HTTPClientError,
-    ParamValidationError,
-    SSLError,
-)
-from botocore.exceptions import (
-    ConnectionError as BotoConnectionError,
-)
-from nitrokms.enclave.attested_kms import Attestor, attach_recipient
+from nitrokms import __version__
+from nitrokms.enclave import kms_retry
+from nitrokms.enclave import kms_shapes as shapes
+from nitrokms.enclave.attested_kms import KEY_ENCRYPTION_ALGORITHM
+from nitrokms.enclave.cms import decrypt_enveloped_data
 from nitrokms.enclave.errors import (
     CredentialsError,
     EnclaveError,
@@ -43,9 +42,22 @@ from nitrokms.enclave.errors import (
     KMSRequestError,
     KMSTLSError,
     KMSUnavailableError,
+    RecipientReplyError,
 )
-from nitrokms.enclave.keypool import RecipientKeyPool
+from nitrokms.enclave.keypool import AttestedKey, Attestor, RecipientKeyPool
+from nitrokms.enclave.kms_connection import (
+    Endpoint,
+    KMSTransport,
+    TLSVerificationError,
+    TransportError,
+    TransportStats,
+)
+from nitrokms.enclave.kms_errors import clip, error_from_response
+from nitrokms.enclave.kms_wire import Response, encode_body, encode_request, request_headers
+from nitrokms.enclave.network import kms_endpoint
+from nitrokms.enclave.sigv4 import Signer, host_header
 from nitrokms.proto import codes
+from nitrokms.proto.addresses import Address
 from nitrokms.proto.keys import KeyRequest
 
 DEFAULT_MAX_ATTEMPTS = 4
@@ -53,9 +65,22 @@ DEFAULT_CONNECT_TIMEOUT_S = 3.0
 DEFAULT_READ_TIMEOUT_S = 10.0
 DEFAULT_MAX_POOL_CONNECTIONS = 32
 MIN_RANDOM_BYTES, MAX_RANDOM_BYTES = 1, 1024
-MAX_ERROR_MESSAGE_CHARS = 512
+USER_AGENT = f"nitrokms/{__version__}"
 
 Now = Callable[[], datetime]
+
+__all__ = [
+    "Credentials",
+    "CredentialsError",
+    "DataKey",
+    "EnclaveKMS",
+    "EncryptedDataKey",
+    "KMSError",
+    "KMSHealth",
+    "KMSRequestError",
+    "KMSTLSError",
+    "KMSUnavailableError",
+]
 
 
 @dataclass(frozen=True)
@@ -109,15 +134,6 @@ class KMSHealth:
     credentials_expire_at: datetime | None
 
 
-def keep_secrets_out_of_logs() -> None:
-    """Raise botocore's and urllib3's loggers above DEBUG, where botocore prints request headers
-    (x-amz-security-token among them)."""
-    for name in ("botocore", "urllib3"):
-        logger = logging.getLogger(name)
-        if logger.getEffectiveLevel() < logging.INFO:
-            logger.setLevel(logging.INFO)
-
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -128,17 +144,47 @@ def _as_datetime(value: datetime | float | None) -> datetime | None:
     return datetime.fromtimestamp(float(value), UTC)
 
 
+def endpoint_of(region: str, endpoint_url: str | None) -> Endpoint:
+    """The KMS endpoint: `endpoint_url` (https://HOST[:PORT], or http:// for a local stand-in),
+    or the region's own. Raises ValueError for anything else."""
+    if endpoint_url is None:
+        return Endpoint(*kms_endpoint(region))
+    parts = urlsplit(endpoint_url)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad KMS endpoint URL {endpoint_url!r}: {exc}") from None
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError(f"KMS endpoint URL must be https://HOST[:PORT], not {endpoint_url!r}")
+    tls = parts.scheme == "https"
+    return Endpoint(parts.hostname, port or (443 if tls else 80), tls)
+
+
+def _proxy_address(proxy_url: str) -> tuple[str, int]:
+    parts = urlsplit(proxy_url)
+    if parts.scheme != "http" or not parts.hostname or not parts.port:
+        raise ValueError(f"proxy URL must be http://HOST:PORT, not {proxy_url!r}")
+    return parts.hostname, parts.port
+
+
 class EnclaveKMS:
-    """Thread-safe attested KMS operations for the enclave service."""
+    """Thread-safe attested KMS operations for the enclave service.
+
+    `attestor=None` takes each key's document from the pool (`acquire_attested`: pre-made, off
+    the request path); an explicit attestor is asked for a fresh document per call. The route to
+    KMS: `relay` (a stream to the parent's relay), else `proxy_url` (an HTTP CONNECT proxy), else
+    TCP to the endpoint.
+    """
 
     def __init__(
         self,
         region: str,
         *,
-        attestor: Attestor,
         pool: RecipientKeyPool,
+        attestor: Attestor | None = None,
         endpoint_url: str | None = None,
         ca_bundle: str | None = None,
+        relay: Address | None = None,
         proxy_url: str | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
@@ -148,29 +194,40 @@ class EnclaveKMS:
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        keep_secrets_out_of_logs()
-        self.region = region
-        self._attestor, self._pool = attestor, pool
-        self._endpoint_url, self._ca_bundle = endpoint_url, ca_bundle
-        self._config = Config(
-            retries={"mode": "standard", "total_max_attempts": max_attempts},
-            connect_timeout=connect_timeout_s,
-            read_timeout=read_timeout_s,
-            max_pool_connections=max_pool_connections,
-            proxies={"https": proxy_url} if proxy_url else None,
-            tcp_keepalive=True,
+        self.region, self.max_attempts = region, max_attempts
+        self._pool, self._attestor = pool, attestor
+        self._endpoint_url = endpoint_url
+        endpoint = endpoint_of(region, endpoint_url)
+        self._host = host_header(endpoint.host, endpoint.port, 443 if endpoint.tls else 80)
+        self._transport = KMSTransport(
+            endpoint,
+            relay=relay,
+            proxy=None if relay is not None or not proxy_url else _proxy_address(proxy_url),
+            ca_bundle=ca_bundle,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+            max_idle=max_pool_connections,
         )
+        self._quota = kms_retry.RetryQuota()
         self._now = now
         self._lock = threading.Lock()
-        self._session: Any = None
         self._credentials: Credentials | None = None
-        self._client: Any = None
+        self._signer: Signer | None = None
         self._reachable: bool | None = None
         self._last_error: str | None = None
         self._last_success_at: float | None = None
+        self.sleep: Callable[[float], None] = time.sleep
 
     def __repr__(self) -> str:
         return f"EnclaveKMS(region={self.region!r}, endpoint_url={self._endpoint_url!r})"
+
+    def close(self) -> None:
+        """Close the kept-alive connections (new calls open new ones)."""
+        self._transport.close()
+
+    def transport_stats(self) -> TransportStats:
+        """TLS handshakes, connections, requests and reuses so far."""
+        return self._transport.stats()
 
     # --- credentials ---------------------------------------------------------------------------
 
@@ -192,52 +249,46 @@ class EnclaveKMS:
         with self._lock:
             if credentials == self._credentials:
                 return
-            self._client = self._build_client(credentials)
+            self._signer = Signer(
+                credentials.access_key_id,
+                credentials.secret_access_key,
+                credentials.session_token,
+                self.region,
+            )
             self._credentials = credentials
 
     @property
     def credentials(self) -> Credentials | None:
         return self._credentials
 
-    def _build_client(self, credentials: Credentials) -> Any:
-        if self._session is None:
-            self._session = botocore.session.Session()
-        client = self._session.create_client(
-            "kms",
-            region_name=self.region,
-            endpoint_url=self._endpoint_url,
-            verify=self._ca_bundle if self._ca_bundle else True,
-            aws_access_key_id=credentials.access_key_id,
-            aws_secret_access_key=credentials.secret_access_key,
-            aws_session_token=credentials.session_token,
-            config=self._config,
-        )
-        return attach_recipient(client, attestor=self._attestor, pool=self._pool)
-
-    def client(self) -> Any:
-        """The current attested boto3 client. Raises CredentialsError before any network I/O."""
+    def signer(self) -> Signer:
+        """The current credentials' signer. Raises CredentialsError before any network I/O."""
         with self._lock:
-            credentials, client = self._credentials, self._client
-        if credentials is None or client is None:
+            credentials, signer = self._credentials, self._signer
+        if credentials is None or signer is None:
             raise CredentialsError("no AWS credentials: the parent has not sent SetCredentials")
         if credentials.expired(self._now()):
             raise CredentialsError(
                 f"the AWS credentials expired at {credentials.expiration:%Y-%m-%dT%H:%M:%SZ}",
                 code=codes.CREDENTIALS_EXPIRED,
             )
-        return client
+        return signer
 
     # --- operations ----------------------------------------------------------------------------
 
     def generate_data_key(self, request: KeyRequest) -> DataKey:
         """Attested GenerateDataKey (AES_256 unless the request names a size). Raises KMSError
         family, CredentialsError, KeyPoolError, NSMError, CMS errors."""
-        reply = self._call("generate_data_key", _generate_params(request))
-        return DataKey(bytearray(reply["Plaintext"]), reply["CiphertextBlob"], reply["KeyId"])
+        reply, plaintext = self._call(
+            "GenerateDataKey", shapes.generate_params(request), attested=True
+        )
+        return DataKey(plaintext, shapes.blob(reply, "CiphertextBlob"), shapes.text(reply, "KeyId"))
 
     def generate_data_key_without_plaintext(self, request: KeyRequest) -> EncryptedDataKey:
-        reply = self._call("generate_data_key_without_plaintext", _generate_params(request))
-        return EncryptedDataKey(reply["CiphertextBlob"], reply["KeyId"])
+        reply, _ = self._call(
+            "GenerateDataKeyWithoutPlaintext", shapes.generate_params(request), attested=False
+        )
+        return EncryptedDataKey(shapes.blob(reply, "CiphertextBlob"), shapes.text(reply, "KeyId"))
 
     def decrypt(self, ciphertext_blob: bytes, request: KeyRequest | None = None) -> DataKey:
         """Attested Decrypt of a data key's CiphertextBlob; `request` may name the key id, the
@@ -245,10 +296,9 @@ class EnclaveKMS:
         request = request or KeyRequest()
         if request.key_spec is not None or request.number_of_bytes is not None:
             raise KMSRequestError("Decrypt takes no key_spec or number_of_bytes")
-        params = _kms_params(request)
-        params["CiphertextBlob"] = bytes(ciphertext_blob)
-        reply = self._call("decrypt", params)
-        return DataKey(bytearray(reply["Plaintext"]), bytes(ciphertext_blob), reply["KeyId"])
+        params = {"CiphertextBlob": bytes(ciphertext_blob), **shapes.key_params(request)}
+        reply, plaintext = self._call("Decrypt", params, attested=True)
+        return DataKey(plaintext, bytes(ciphertext_blob), shapes.text(reply, "KeyId"))
 
     def generate_random(self, number_of_bytes: int) -> bytes:
         """Attested GenerateRandom of 1..1024 bytes."""
@@ -258,10 +308,12 @@ class EnclaveKMS:
             raise KMSRequestError(
                 f"number_of_bytes must be in {MIN_RANDOM_BYTES}..{MAX_RANDOM_BYTES}"
             )
-        reply = self._call("generate_random", {"NumberOfBytes": number_of_bytes})
-        return bytes(reply["Plaintext"])
+        _, plaintext = self._call(
+            "GenerateRandom", {"NumberOfBytes": number_of_bytes}, attested=True
+        )
+        return bytes(plaintext)
 
-    # --- health and error translation ----------------------------------------------------------
+    # --- health --------------------------------------------------------------------------------
 
     @property
     def kms_reachable(self) -> bool | None:
@@ -282,103 +334,84 @@ class EnclaveKMS:
             credentials_expire_at=credentials.expiration if credentials else None,
         )
 
-    def _call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        client = self.client()
-        with self._translated():
-            reply: dict[str, Any] = getattr(client, method)(**params)
+    # --- one call ------------------------------------------------------------------------------
+
+    def _call(
+        self, operation: str, params: dict[str, Any], *, attested: bool
+    ) -> tuple[dict[str, Any], bytearray]:
+        """(parsed reply, decrypted plaintext or empty). Raises the KMSError family,
+        CredentialsError, KeyPoolError, NSMError, CMS errors."""
+        signer = self.signer()
+        shapes.validate(params)
+        key = self._attested_key() if attested else None
+        if key is not None:
+            params["Recipient"] = {
+                "KeyEncryptionAlgorithm": KEY_ENCRYPTION_ALGORITHM,
+                "AttestationDocument": key.document,
+            }
+        body = encode_body(params)
+        with self._recorded():
+            reply = shapes.json_object(self._send(operation, signer, body))
+            plaintext = bytearray()
+            if key is not None:
+                blob = reply.get("CiphertextForRecipient")
+                if not blob:
+                    raise RecipientReplyError(
+                        f"KMS answered an attested {operation} without CiphertextForRecipient"
+                    )
+                sealed = shapes.decode_blob(blob, "CiphertextForRecipient")
+                plaintext = bytearray(
+                    decrypt_enveloped_data(sealed, {key.key.ski: key.key.private_key})
+                )
         self._reachable, self._last_success_at = True, time.time()
-        return reply
+        return reply, plaintext
+
+    def _attested_key(self) -> AttestedKey:
+        if self._attestor is None:
+            return self._pool.acquire_attested()
+        key = self._pool.acquire()
+        return AttestedKey(key, self._attestor(public_key=key.spki_der))
+
+    def _send(self, operation: str, signer: Signer, body: bytes) -> Response:
+        """Send, retrying as botocore's standard mode does. Raises the KMSError family."""
+        signed = request_headers(self._host, operation)
+        attempt, taken = 1, 0
+        while True:
+            headers = [*signed, ("User-Agent", USER_AGENT)]
+            headers += signer.sign(signed, body, self._now().astimezone(UTC))
+            headers.append(("Accept-Encoding", "identity"))
+            response: Response | None = None
+            try:
+                response = self._transport.exchange(encode_request(headers, body))
+            except TLSVerificationError as exc:
+                raise KMSTLSError(f"TLS verification of KMS failed: {exc.message}") from None
+            except TransportError as exc:
+                error: KMSError = KMSUnavailableError(f"KMS unreachable: {clip(exc.message)}")
+                code, status = None, None
+            else:
+                if response.status < 300:
+                    self._quota.release(taken)
+                    return response
+                error = error_from_response(response)
+                code, status = error.code.removeprefix("kms."), response.status
+            if attempt >= self.max_attempts or not kms_retry.is_retryable(operation, code, status):
+                raise error
+            throttled = kms_retry.is_throttling(operation, code, status)
+            taken = self._quota.acquire(throttled)
+            if not taken:
+                raise error
+            retry_after = None if response is None else response.headers.get("x-amz-retry-after")
+            self.sleep(kms_retry.backoff_s(attempt, throttled, retry_after))
+            attempt += 1
 
     @contextmanager
-    def _translated(self) -> Iterator[None]:
+    def _recorded(self) -> Iterator[None]:
         try:
             yield
-        except (ClientError, BotoCoreError) as exc:
-            error = translate_botocore_error(exc)
-            self._record(error)
-            raise error from None
+        except KMSError as exc:
+            self._reachable = not isinstance(exc, KMSUnavailableError)
+            self._last_error = f"{exc.code}: {exc.message}"
+            raise
         except EnclaveError as exc:
             self._last_error = f"{exc.code}: {exc.message}"
             raise
-
-    def _record(self, error: KMSError) -> None:
-        self._reachable = not isinstance(error, KMSUnavailableError)
-        self._last_error = f"{error.code}: {error.message}"
-
-
-def translate_botocore_error(exc: ClientError | BotoCoreError) -> KMSError:
-    """Map one botocore exception to the KMSError family."""
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code") or "UnknownError")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        message = _clip(str(error.get("Message") or code))
-        return KMSError(message, code=f"kms.{code}", status=status)
-    if isinstance(exc, SSLError):
-        if _is_verification_failure(exc):
-            return KMSTLSError(f"TLS verification of KMS failed: {_tls_problem(exc)}")
-        # A reset or EOF during the handshake is a network failure, not a certificate problem:
-        # kms.TLSVerificationFailed must stay the signal for a man in the middle.
-        return KMSUnavailableError(f"KMS unreachable (TLS handshake cut): {_tls_problem(exc)}")
-    if isinstance(exc, ParamValidationError):
-        return KMSRequestError(_clip(str(exc)))
-    if isinstance(exc, BotoConnectionError | HTTPClientError):
-        return KMSUnavailableError(f"KMS unreachable: {_clip(str(exc))}")
-    return KMSError(_clip(str(exc)), code=f"kms.{type(exc).__name__}")
-
-
-def _is_verification_failure(exc: SSLError) -> bool:
-    """Whether the peer's certificate or host name failed verification (vs a cut connection)."""
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [exc, getattr(exc, "kwargs", {}).get("error")]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        # ssl's own verification error, or urllib3's host-name check (its own CertificateError).
-        if isinstance(current, ssl.SSLCertVerificationError) or (
-            type(current).__name__ == "CertificateError"
-        ):
-            return True
-        pending += [current.__cause__, current.__context__, *_exception_args(current)]
-    return "certificate verify failed" in str(getattr(exc, "kwargs", {}).get("error", exc))
-
-
-def _exception_args(exc: BaseException) -> list[BaseException]:
-    return [arg for arg in exc.args if isinstance(arg, BaseException)]
-
-
-def _tls_problem(exc: SSLError) -> str:
-    text = str(getattr(exc, "kwargs", {}).get("error", "")) or str(exc)
-    marker = "certificate verify failed:"
-    if marker in text:
-        return text.split(marker, 1)[1].split("(_ssl.c", 1)[0].strip()
-    return _clip(text)
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_ERROR_MESSAGE_CHARS else text[:MAX_ERROR_MESSAGE_CHARS] + "…"
-
-
-def _generate_params(request: KeyRequest) -> dict[str, Any]:
-    """GenerateDataKey parameters: a key id is required; AES_256 unless a size is named."""
-    if request.key_id is None:
-        raise KMSRequestError("GenerateDataKey needs a key id")
-    return _kms_params(request.sized())
-
-
-def _kms_params(request: KeyRequest) -> dict[str, Any]:
-    """A KeyRequest in KMS's parameter names (absent and empty fields left out)."""
-    params: dict[str, Any] = {}
-    if request.key_id is not None:
-        params["KeyId"] = request.key_id
-    if request.key_spec is not None:
-        params["KeySpec"] = request.key_spec
-    if request.number_of_bytes is not None:
-        params["NumberOfBytes"] = request.number_of_bytes
-    if request.encryption_context:
-        params["EncryptionContext"] = dict(request.encryption_context)
-    if request.grant_tokens:
-        params["GrantTokens"] = list(request.grant_tokens)
-    return params

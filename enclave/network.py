@@ -7,7 +7,8 @@ target, opens a stream to the parent relay (vsock CID 3 port 8000 by default; a 
 tests) and pipes bytes both ways. botocore then runs TLS through the tunnel with the real hostname
 in SNI and verifies the certificate and hostname inside the enclave, so the parent stays a dumb pipe
 that sees only ciphertext. This needs no /etc/hosts edits and no DNS inside the enclave, and no
-re-signing or TLS termination anywhere.
+re-signing or TLS termination anywhere. The service's own KMS calls (`enclave.kms`) do not use the
+listener: they run TLS over a stream they open to the relay themselves, one hop fewer.
 
 `ConnectProxy` is an asyncio server for a service that runs its own loop; `ThreadedConnectProxy`
 runs one in a thread with its own loop (`start()` returns once it listens).

@@ -112,6 +112,11 @@ KMS_MISSING_RECIPIENT_REPLY: Final = _code(
     "kms.MissingCiphertextForRecipient",
     "KMS answered an attested call without `CiphertextForRecipient`",
 )
+KMS_MALFORMED_RESPONSE: Final = _code(
+    "kms.MalformedResponse",
+    "KMS's success reply was not what the operation returns (not JSON, a field missing or not "
+    "base64)",
+)
 
 # --- NSM ------------------------------------------------------------------------------------------
 NSM_ANY: Final = _code(

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.bench.common import Figure, aggregate, figure, summarize
@@ -244,25 +245,43 @@ def bench_idle(count: int, workdir: str) -> list[Figure]:
     ]  # fmt: skip
 
 
-# --- 3. latency --------------------------------------------------------------------------------
+# --- 3. latency ---------------------------------------------------------------------------------
+#
+# Each stream's first request also waits for the relay to connect upstream, and 64 streams opening
+# at once make those 64 first requests exactly 1 % of 6,400 samples: they used to decide the p99.
+# They are a connection-setup cost (KMS connections are kept alive and set up once), so they are
+# reported as their own figure, and the request figures are the streams' later rounds. Direct and
+# relayed phases alternate (D R R D D R R D) so both sides see the same moments of a shared host.
+
+PHASES = 4  # per side
 
 
-async def _stream(open_conn, rounds: int, samples: list[float]) -> None:
+@dataclass
+class Latencies:
+    first: list[float] = field(default_factory=list)  # connect + first request, per stream
+    steady: list[float] = field(default_factory=list)  # every later request
+
+    def sort(self) -> None:
+        self.first.sort()
+        self.steady.sort()
+
+
+async def _stream(open_conn, rounds: int, into: Latencies) -> None:
+    started = time.perf_counter()
     reader, writer = await open_conn()
     request = b"q" * REQUEST_BYTES
-    for _ in range(rounds):
-        start = time.perf_counter()
+    for index in range(rounds):
+        if index:
+            started = time.perf_counter()
         writer.write(request)
         await reader.readexactly(RESPONSE_BYTES)
-        samples.append(time.perf_counter() - start)
+        (into.steady if index else into.first).append(time.perf_counter() - started)
     writer.close()
     await writer.wait_closed()
 
 
-async def _latencies(open_conn, streams: int, rounds: int) -> list[float]:
-    samples: list[float] = []
-    await asyncio.gather(*(_stream(open_conn, rounds, samples) for _ in range(streams)))
-    return sorted(samples)
+async def _phase(open_conn, streams: int, rounds: int, into: Latencies) -> None:
+    await asyncio.gather(*(_stream(open_conn, rounds, into) for _ in range(streams)))
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -270,29 +289,40 @@ def _pct(samples: list[float], q: float) -> float:
 
 
 def bench_latency(streams: int, rounds: int, workdir: str) -> list[Figure]:
+    direct, relayed = Latencies(), Latencies()
+    per_phase = max(2, rounds // PHASES)
     with upstream("kms") as (_, port_line):
         port = int(port_line)
         path = f"{workdir}/lat.sock"
         with our_relay(port, f"unix://{path}", workdir):
-            direct = asyncio.run(
-                _latencies(lambda: asyncio.open_connection("127.0.0.1", port), streams, rounds)
-            )
-            relayed = asyncio.run(
-                _latencies(lambda: asyncio.open_unix_connection(path), streams, rounds)
-            )
-    d50, d99 = _pct(direct, 0.5), _pct(direct, 0.99)
-    r50, r99 = _pct(relayed, 0.5), _pct(relayed, 0.99)
+            sides = [
+                (lambda: asyncio.open_connection("127.0.0.1", port), direct),
+                (lambda: asyncio.open_unix_connection(path), relayed),
+            ]
+            for index in range(PHASES * 2):
+                opener, into = sides[(index + 1) // 2 % 2]  # D R R D D R R D
+                asyncio.run(_phase(opener, streams, per_phase, into))
+    direct.sort()
+    relayed.sort()
+    d50, d99 = _pct(direct.steady, 0.5), _pct(direct.steady, 0.99)
+    r50, r99 = _pct(relayed.steady, 0.5), _pct(relayed.steady, 0.99)
     print(
-        f"latency: {streams} streams x {rounds} rounds of {REQUEST_BYTES} B -> "
-        f"{RESPONSE_BYTES} B: direct p50 {d50:.2f} ms p99 {d99:.2f} ms; via relay p50 "
-        f"{r50:.2f} ms p99 {r99:.2f} ms; added p99 {r99 - d99:.2f} ms (target < 5 ms)"
+        f"latency: {streams} streams x {per_phase * PHASES} rounds of {REQUEST_BYTES} B -> "
+        f"{RESPONSE_BYTES} B, phases interleaved: direct p50 {d50:.2f} ms p99 {d99:.2f} ms; "
+        f"via relay p50 {r50:.2f} ms p99 {r99:.2f} ms; added p99 {r99 - d99:.2f} ms "
+        f"(target < 5 ms); first request (connect + request) p50 direct "
+        f"{_pct(direct.first, 0.5):.2f} ms, via relay {_pct(relayed.first, 0.5):.2f} ms"
     )
     baseline = f"direct TCP, {streams} streams"
     return [
         figure("relay", f"request latency via relay, {streams} streams",
-               summarize(relayed, 1000), "ms", baseline, d50),
+               summarize(relayed.steady, 1000), "ms", baseline, d50),
         aggregate("relay", f"added p99 latency, {streams} streams", r99 - d99, "ms",
-                  len(relayed), f"direct p99, {streams} streams", d99, target=TARGET_ADDED_P99_MS),
+                  len(relayed.steady), f"direct p99, {streams} streams", d99,
+                  target=TARGET_ADDED_P99_MS),
+        figure("relay", f"connect + first request via relay, {streams} at once",
+               summarize(relayed.first, 1000), "ms", "direct TCP connect + first request",
+               _pct(direct.first, 0.5)),
     ]  # fmt: skip
 
 

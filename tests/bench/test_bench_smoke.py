@@ -109,3 +109,24 @@ def test_local_kms_reports_its_handling_time(kms_server: KMSProcess) -> None:  #
     reply = client.list_keys()
     server_ms = float(reply["ResponseMetadata"]["HTTPHeaders"][SERVER_TIME_HEADER])
     assert 0 < server_ms < 60_000
+
+
+def test_an_import_tree_runs_another_commit_s_code(tmp_path):
+    """The A/B tool's trees: a child on that PYTHONPATH imports the commit's own enclave code
+    (exported with git archive, not the working tree's) and the working tree's simulator."""
+    from tests.bench.trees import import_tree
+
+    tree = import_tree("HEAD", tmp_path)
+    probe = "import nitrokms.enclave.kms as k, nitrokms.sim as s; print(k.__file__, s.__file__)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(tree)},
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    kms_file, sim_file = done.stdout.split()
+    assert Path(kms_file).resolve().is_relative_to(tmp_path)
+    assert Path(sim_file).resolve().is_relative_to(REPO_ROOT / "sim")
+    committed = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "show", "HEAD:enclave/kms.py"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    assert Path(kms_file).read_bytes() == committed

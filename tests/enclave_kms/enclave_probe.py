@@ -1,4 +1,5 @@
-"""Run inside `unshare -n` and `nsm run`: the enclave side of an attested fetch, production code.
+"""Run inside `unshare -n` and `nsm run`: the enclave side of an attested fetch, production code
+(pre-attested pool, the lean KMS path straight through the relay stream).
 
 Prints `OK <bytes>` on success. Credentials come from the environment, standing in for the
 parent's SetCredentials.
@@ -12,12 +13,7 @@ import sys
 
 from nitrokms.enclave.keypool import RecipientKeyPool
 from nitrokms.enclave.kms import EnclaveKMS
-from nitrokms.enclave.network import (
-    ConnectProxy,
-    ThreadedConnectProxy,
-    bring_up_loopback,
-    interface_is_up,
-)
+from nitrokms.enclave.network import bring_up_loopback, interface_is_up
 from nitrokms.enclave.nsm.client import NSMClient
 from nitrokms.proto.addresses import parse_address
 from nitrokms.proto.keys import KeyRequest
@@ -38,15 +34,13 @@ def main(argv: list[str]) -> int:
     host = f"kms.{args.region}.amazonaws.com"
     with (
         NSMClient.open() as nsm,
-        RecipientKeyPool(size=1) as pool,
-        ThreadedConnectProxy(ConnectProxy(host, relay=parse_address(args.relay))) as listener,
+        RecipientKeyPool(size=1, attestor=nsm.get_attestation_doc) as pool,
     ):
         kms = EnclaveKMS(
             args.region,
             endpoint_url=f"https://{host}",
             ca_bundle=args.ca,
-            proxy_url=listener.proxy_url,
-            attestor=nsm.get_attestation_doc,
+            relay=parse_address(args.relay),
             pool=pool,
         )
         kms.set_credentials(

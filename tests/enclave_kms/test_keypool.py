@@ -174,3 +174,134 @@ def test_concurrent_acquire_counts_every_use(clock):
 def test_bad_configuration_is_refused(kwargs):
     with pytest.raises(ValueError, match="must"):
         RecipientKeyPool(start=False, **kwargs)
+
+
+# --- pre-attested keys ------------------------------------------------------------------------
+
+
+class CountingAttestor:
+    """A stand-in NSM: a "document" naming the key and a serial number; optionally failing."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.failing = False
+        self.lock = threading.Lock()
+        self.called = threading.Condition(self.lock)
+
+    def __call__(self, *, public_key: bytes) -> bytes:
+        with self.lock:
+            self.calls += 1
+            self.called.notify_all()
+            if self.failing:
+                raise RuntimeError("NSM unavailable")
+            return b"doc-%d:" % self.calls + public_key
+
+    def wait_calls(self, count: int) -> bool:
+        with self.lock:
+            return self.called.wait_for(lambda: self.calls >= count, WAIT_S)
+
+
+def test_pre_attested_keys_need_no_attestation_on_the_request_path(clock):
+    attestor = CountingAttestor()
+    with make_pool(clock, size=2, attestor=attestor) as pool:
+        made_ahead = attestor.calls
+        handed = [pool.acquire_attested(timeout_s=0) for _ in range(50)]
+        stats = pool.stats()
+    assert made_ahead == 2, "one document per ready key, made before any request"
+    assert attestor.calls == 2, "no NSM round trip per call"
+    for attested in handed:
+        assert attested.document.endswith(attested.key.spki_der)
+    assert stats.attested == 2
+    assert stats.inline_documents == 0
+    assert "doc-" not in repr(handed[0])
+
+
+def test_documents_are_renewed_before_their_age_limit(clock):
+    attestor = CountingAttestor()
+    with make_pool(clock, size=1, attestor=attestor, document_max_age_s=10.0) as pool:
+        first = pool.acquire_attested(timeout_s=0).document
+        clock.now += 8.5  # past the renew point (80 %), before the limit
+        assert pool.acquire_attested(timeout_s=0).document == first, "still valid: served"
+        assert attestor.wait_calls(2), "renewed in the background"
+        assert pool.wait_ready(WAIT_S)
+        renewed = pool.acquire_attested(timeout_s=0).document
+        assert renewed != first
+        assert pool.stats().inline_documents == 0
+
+
+def test_a_document_past_its_age_limit_is_never_handed_out(clock):
+    attestor = CountingAttestor()
+    with make_pool(clock, size=1, attestor=attestor, document_max_age_s=10.0) as pool:
+        first = pool.acquire_attested(timeout_s=0).document
+        clock.now += 10.0
+        second = pool.acquire_attested(timeout_s=0).document
+        assert second != first
+        assert pool.stats().inline_documents + pool.stats().documents_made >= 2
+
+
+def test_age_zero_turns_reuse_off(clock):
+    attestor = CountingAttestor()
+    with make_pool(clock, size=1, attestor=attestor, document_max_age_s=0) as pool:
+        documents = {pool.acquire_attested(timeout_s=0).document for _ in range(5)}
+        stats = pool.stats()
+    assert len(documents) == 5, "a fresh document for every call"
+    assert attestor.calls == 5, "none made ahead of time"
+    assert stats.inline_documents == 5
+    assert not pool.pre_attested
+
+
+def test_attest_hands_boto3_hooks_the_pre_made_document(clock):
+    attestor = CountingAttestor()
+    with make_pool(clock, size=1, attestor=attestor) as pool:
+        key = pool.acquire()
+        assert pool.attest(public_key=key.spki_der) == pool.attest(public_key=key.spki_der)
+        assert attestor.calls == 1
+        assert pool.attest(public_key=b"someone else") == b"doc-2:someone else"
+
+
+def test_documents_stop_a_minute_before_their_leaf_certificate_expires(clock, nsm):
+    from cryptography import x509
+    from nitrokms.proto.attestation import parse_document
+
+    probe = nsm.get_attestation_doc(public_key=b"x")
+    leaf = x509.load_der_x509_certificate(parse_document(probe).certificate)
+    expires = leaf.not_valid_after_utc.timestamp()
+
+    def attestor(*, public_key: bytes) -> bytes:
+        document: bytes = nsm.get_attestation_doc(public_key=public_key)
+        return document
+
+    pool = RecipientKeyPool(
+        size=1, clock=clock, attestor=attestor, document_max_age_s=600.0,
+        wall_clock=lambda: expires - 90.0,  # 90 s of leaf validity left: 30 s usable
+    )  # fmt: skip
+    with pool:
+        assert pool.wait_ready(WAIT_S)
+        first = pool.acquire_attested(timeout_s=0).document
+        clock.now += 29.0
+        assert pool.acquire_attested(timeout_s=0).document == first
+        clock.now += 2.0
+        assert pool.acquire_attested(timeout_s=0).document != first
+
+
+def test_attestation_failures_surface_inline_and_the_pool_recovers(clock):
+    attestor = CountingAttestor()
+    attestor.failing = True
+    pool = RecipientKeyPool(size=1, clock=clock, attestor=attestor)
+    try:
+        assert attestor.wait_calls(1)
+        with pytest.raises(RuntimeError, match="NSM unavailable"):
+            pool.acquire_attested(timeout_s=WAIT_S)
+        assert "attestation failed" in str(pool.stats().last_error)
+        attestor.failing = False
+        clock.now += 2.0  # past the background retry delay
+        got = pool.acquire_attested(timeout_s=WAIT_S)
+        assert got.document.endswith(got.key.spki_der)
+        assert pool.wait_ready(WAIT_S)
+    finally:
+        pool.close()
+
+
+def test_acquire_attested_needs_an_attestor(clock):
+    with make_pool(clock, size=1) as pool, pytest.raises(KeyPoolError, match="no attestor"):
+        pool.acquire_attested(timeout_s=0)

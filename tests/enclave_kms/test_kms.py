@@ -10,16 +10,28 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from nitrokms.enclave.errors import (
     CredentialsError,
+    EnclaveError,
     KMSError,
     KMSRequestError,
     KMSTLSError,
     KMSUnavailableError,
 )
+from nitrokms.enclave.keypool import RecipientKeyPool
 from nitrokms.enclave.kms import DataKey, EnclaveKMS
+from nitrokms.proto.errors import LocalProtocolError
 from nitrokms.proto.keys import KeyRequest
 
 from .conftest import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, attested_policy
-from .fakes import FOR_RECIPIENT, HANG, kms_error, scripted_kms, spki_attestor
+from .fakes import (
+    FOR_RECIPIENT,
+    FOR_RECIPIENT_REPLY,
+    HANG,
+    Raw,
+    kms_error,
+    one_shot_server,
+    scripted_kms,
+    spki_attestor,
+)
 
 
 @pytest.fixture
@@ -245,12 +257,152 @@ def test_read_timeouts_are_retried_then_reported_unreachable(pool):
     assert info.value.code == "kms.Unreachable"
 
 
-def test_same_credentials_keep_the_client(enclave_kms):
-    client = enclave_kms.client()
+def test_same_credentials_keep_the_signer(enclave_kms):
+    signer = enclave_kms.signer()
     enclave_kms.set_credentials(ACCESS_KEY_ID, SECRET_ACCESS_KEY, None, None)
-    assert enclave_kms.client() is client
+    assert enclave_kms.signer() is signer
     enclave_kms.set_credentials(ACCESS_KEY_ID, SECRET_ACCESS_KEY, "session", None)
-    assert enclave_kms.client() is not client
+    assert enclave_kms.signer() is not signer
+
+
+def test_one_tls_handshake_carries_every_call(enclave_kms, attested_key_id):
+    for _ in range(10):
+        enclave_kms.generate_data_key(KeyRequest(attested_key_id))
+    stats = enclave_kms.transport_stats()
+    assert (stats.handshakes, stats.requests, stats.reused) == (1, 10, 9)
+    enclave_kms.set_credentials(ACCESS_KEY_ID, SECRET_ACCESS_KEY, "other-session", None)
+    with pytest.raises(KMSError):
+        enclave_kms.generate_random(8)  # unknown token: refused, on the same connection
+    assert enclave_kms.transport_stats().handshakes == 1
+
+
+def test_session_credentials_are_signed_and_accepted(tmp_path, pki, nsm, pool):
+    from nitrokms.sim.kms.auth import Credential
+    from nitrokms.sim.kms.server import LocalKMS
+
+    from .conftest import PRINCIPAL
+
+    temporary = Credential("ASIATEMPORARY0000001", "temporary-secret", PRINCIPAL, "tok/en+==")
+    with LocalKMS(tmp_path, [temporary], pki.root_certificate_pem, region=REGION) as local:
+        kms = EnclaveKMS(REGION, endpoint_url=local.url, ca_bundle=str(local.ca_path),
+                         attestor=nsm.get_attestation_doc, pool=pool)  # fmt: skip
+        kms.set_credentials(temporary.access_key_id, "temporary-secret", "tok/en+==")
+        assert len(kms.generate_random(16)) == 16
+        kms.set_credentials(temporary.access_key_id, "temporary-secret", "another-token")
+        with pytest.raises(KMSError) as info:
+            kms.generate_random(16)
+    assert info.value.code == "kms.UnrecognizedClientException"
+
+
+def test_pre_attested_pool_documents_serve_the_calls(local_kms, nsm, attested_key_id):
+    calls = []
+
+    def counting(*, public_key: bytes) -> bytes:
+        calls.append(public_key)
+        document: bytes = nsm.get_attestation_doc(public_key=public_key)
+        return document
+
+    with RecipientKeyPool(size=1, attestor=counting) as attested_pool:
+        assert attested_pool.wait_ready(60)
+        kms = EnclaveKMS(REGION, endpoint_url=local_kms.url, ca_bundle=str(local_kms.ca_path),
+                         pool=attested_pool)  # fmt: skip
+        kms.set_credentials(ACCESS_KEY_ID, SECRET_ACCESS_KEY)
+        made = [kms.generate_data_key(KeyRequest(attested_key_id)) for _ in range(5)]
+        assert kms.decrypt(made[0].ciphertext_blob).plaintext == made[0].plaintext
+    assert len(calls) == 1, "one document made ahead, reused by every call"
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced(pool):
+    with one_shot_server(FOR_RECIPIENT_REPLY) as server:
+        kms = scripted_enclave_kms(server.url, pool, max_attempts=1)
+        assert len(kms.generate_random(16)) == 16
+        assert server.wait_closed()
+        assert len(kms.generate_random(16)) == 16, "no attempt spent on the dead connection"
+    stats = kms.transport_stats()
+    assert (stats.connections, stats.requests) == (2, 2)
+
+
+def test_a_reused_connection_cut_during_a_request_costs_one_attempt(pool, monkeypatch):
+    """Closed between the check and the request: the attempt fails as under botocore, and the
+    retry goes out on a new connection."""
+    from nitrokms.enclave import kms_connection
+
+    with one_shot_server(FOR_RECIPIENT_REPLY) as server:
+        kms = scripted_enclave_kms(server.url, pool, max_attempts=2)
+        kms.sleep = lambda _s: None
+        kms.generate_random(16)
+        assert server.wait_closed()
+        monkeypatch.setattr(kms_connection._Connection, "dropped", lambda self: False)
+        assert len(kms.generate_random(16)) == 16
+    stats = kms.transport_stats()
+    assert (stats.connections, stats.requests, stats.reused) == (2, 3, 1)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}", b"garbage\r\n\r\n", b""],
+)
+def test_malformed_or_cut_responses_are_unreachable_and_retried(pool, reply):
+    with one_shot_server(reply, count=3) as server:
+        kms = scripted_enclave_kms(server.url, pool, max_attempts=3)
+        kms.sleep = lambda _s: None
+        with pytest.raises(KMSUnavailableError) as info:
+            kms.generate_random(16)
+    assert server.served == 3
+    assert info.value.code == "kms.Unreachable"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"[]", "kms.MalformedResponse"),
+        (b'{"CiphertextForRecipient": "not base64!"}', "kms.MalformedResponse"),
+        (b'{"CiphertextForRecipient": 7}', "kms.MalformedResponse"),
+        (b"{}", "kms.MissingCiphertextForRecipient"),
+    ],
+)
+def test_unusable_success_replies_are_typed_errors(pool, body, code):
+    with scripted_kms([Raw(200, body)]) as fake:
+        kms = scripted_enclave_kms(fake.url, pool)
+        with pytest.raises(EnclaveError) as info:
+            kms.generate_random(16)
+    assert info.value.code == code
+    assert str(kms.last_error).startswith(code)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"key_id": ""},
+        {"key_id": "k" * 2049},
+        {"key_id": "k", "number_of_bytes": 0},
+        {"key_id": "k", "number_of_bytes": 1025},
+        {"key_id": "k", "encryption_context": {"a": 1}},
+        {"key_id": "k", "grant_tokens": ("g",) * 11},
+    ],
+)
+def test_key_requests_kms_would_refuse_cannot_be_made(fields):
+    """What botocore's parameter validation refused, KeyRequest refuses when it is built, so no
+    such request reaches EnclaveKMS."""
+    with pytest.raises(LocalProtocolError):
+        KeyRequest(**fields)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda k: k.decrypt(b""),
+        lambda k: k.decrypt(b"x" * 6145),
+        lambda k: k.generate_data_key(KeyRequest(number_of_bytes=32)),
+    ],
+)
+def test_parameters_kms_would_refuse_fail_before_sending(pool, call):
+    with scripted_kms([]) as fake:
+        kms = scripted_enclave_kms(fake.url, pool)
+        with pytest.raises(KMSRequestError) as info:
+            call(kms)
+    assert info.value.code == "kms.ValidationException"
+    assert fake.received == []
 
 
 def test_requests_kms_would_refuse_are_refused_before_sending(enclave_kms):

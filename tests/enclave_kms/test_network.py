@@ -98,6 +98,93 @@ def test_relay_down_is_unreachable(listener, local_kms, nsm, pool):
     assert info.value.code == "kms.Unreachable"
 
 
+# --- the service's own route: TLS over a stream it opens to the relay (no listener) ---------------
+
+
+def relay_side(relay_path, ca_path, nsm, pool, region=REGION, **kwargs):
+    kms = EnclaveKMS(
+        region,
+        endpoint_url=f"https://kms.{region}.amazonaws.com",
+        ca_bundle=str(ca_path),
+        relay=UnixAddress(relay_path),
+        attestor=nsm.get_attestation_doc,
+        pool=pool,
+        **kwargs,
+    )
+    kms.set_credentials(ACCESS_KEY_ID, SECRET_ACCESS_KEY)
+    return kms
+
+
+def test_attested_calls_straight_through_the_relay(
+    relay_path, local_kms, nsm, pool, attested_key_id
+):
+    with pipe_relay(relay_path, local_kms.url) as relay:
+        kms = relay_side(relay_path, local_kms.ca_path, nsm, pool)
+        made = kms.generate_data_key(KeyRequest(attested_key_id))
+        assert kms.decrypt(made.ciphertext_blob).plaintext == made.plaintext
+        assert len(kms.generate_random(32)) == 32
+    assert relay.connections == 1, "one kept-alive stream carried every call"
+    stats = kms.transport_stats()
+    assert (stats.handshakes, stats.requests) == (1, 3)
+
+
+def test_through_the_relay_a_man_in_the_middle_is_detected(
+    relay_path, local_kms, nsm, pool, tmp_path
+):
+    impostor = LocalKMS(
+        tmp_path / "impostor", [Credential(ACCESS_KEY_ID, SECRET_ACCESS_KEY, PRINCIPAL)], None
+    )
+    with impostor, pipe_relay(relay_path, impostor.url):
+        kms = relay_side(relay_path, local_kms.ca_path, nsm, pool)
+        with pytest.raises(KMSTLSError) as info:
+            kms.generate_random(8)
+    assert "unable to get local issuer certificate" in info.value.message
+    assert kms.kms_reachable is False
+
+
+def test_through_the_relay_another_host_name_is_detected(relay_path, local_kms, nsm, pool):
+    with pipe_relay(relay_path, local_kms.url):
+        kms = relay_side(relay_path, local_kms.ca_path, nsm, pool, region="eu-west-1")
+        with pytest.raises(KMSTLSError) as info:
+            kms.generate_random(8)
+    assert "hostname 'kms.eu-west-1.amazonaws.com' doesn't match" in info.value.message
+
+
+def test_relay_absent_is_unreachable(relay_path, local_kms, nsm, pool):
+    kms = relay_side(relay_path, local_kms.ca_path, nsm, pool, max_attempts=2)
+    kms.sleep = lambda _s: None
+    with pytest.raises(KMSUnavailableError) as info:
+        kms.generate_random(8)
+    assert info.value.code == "kms.Unreachable"
+    assert "relay.sock" in info.value.message
+
+
+# --- the listener (application code's boto3) -----------------------------------------------------
+
+
+def test_boto3_reuses_one_tunnel_through_the_listener(  # noqa: PLR0917
+    listener, relay_path, local_kms, nsm, pool, attested_key_id
+):
+    """Application code's path: boto3 with the attested hooks through the listener. botocore's
+    pool keeps the tunnelled connection: ten calls, one relay stream, so one TLS handshake."""
+    from botocore.config import Config
+    from nitrokms.enclave.attested_kms import attested_kms_client
+
+    from .conftest import client_kwargs
+
+    kwargs = client_kwargs(local_kms) | {"endpoint_url": f"https://{KMS_HOST}"}
+    config = Config(proxies={"https": listener.proxy_url}, retries={"total_max_attempts": 1})
+    with pipe_relay(relay_path, local_kms.url) as relay:
+        client = attested_kms_client(
+            attestor=nsm.get_attestation_doc, pool=pool, config=config, **kwargs
+        )
+        for _ in range(10):
+            assert len(client.generate_data_key(KeyId=attested_key_id, KeySpec="AES_256")
+                       ["Plaintext"]) == 32  # fmt: skip
+        client.close()
+    assert relay.connections == 1
+
+
 def raw_request(listener, data: bytes, *, half_close: bool = False) -> bytes:
     with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as sock:
         sock.sendall(data)

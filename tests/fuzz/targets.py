@@ -22,9 +22,17 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from nitrokms.enclave import envelope
+from nitrokms.enclave import envelope, kms_shapes
 from nitrokms.enclave.cms import CMSError, decrypt_enveloped_data, inspect_enveloped_data
-from nitrokms.enclave.errors import DecryptionError, MalformedEnvelopeError, NSMError, NSMErrorCode
+from nitrokms.enclave.errors import (
+    DecryptionError,
+    KMSError,
+    MalformedEnvelopeError,
+    NSMError,
+    NSMErrorCode,
+)
+from nitrokms.enclave.kms_errors import error_from_response
+from nitrokms.enclave.kms_wire import HTTPResponseError, ResponseReader
 from nitrokms.enclave.nsm import codec as nsm_codec
 from nitrokms.parent.proxy.allowlist import parse_allowlist
 from nitrokms.parent.proxy.errors import ConfigError
@@ -294,6 +302,36 @@ def _allowlist(data: bytes) -> None:
     parse_allowlist(data, source="fuzz")
 
 
+# --- the enclave's own KMS client reading KMS's responses ----------------------------------------
+
+
+def _kms_response_seeds() -> list[bytes]:
+    body = b'{"CiphertextForRecipient":"AAAA","CiphertextBlob":"AQID","KeyId":"k"}'
+    return [
+        b"\x05HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+        b"\x01HTTP/1.1 400 Bad Request\r\nContent-Length: 58\r\n\r\n"
+        b'{"__type":"com.amazonaws.kms#NotFoundException","message":"k"}',
+        b"\x03HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        b"\x07HTTP/1.1 503 Service Unavailable\r\n\r\n<html>busy</html>",
+    ]
+
+
+def _kms_response(data: bytes) -> None:
+    """The first byte picks the fragment size; the rest is what the connection delivered."""
+    step = 1 + data[0] % 64 if data else 1
+    reader, response = ResponseReader(), None
+    for start in range(1, len(data), step):
+        response = reader.feed(data[start : start + step])
+        if response is not None:
+            break
+    if response is None:
+        response = reader.eof()
+    if response.status >= 300:
+        assert isinstance(error_from_response(response), KMSError)
+    else:
+        kms_shapes.json_object(response)
+
+
 # --- the local KMS -----------------------------------------------------------------------------
 
 
@@ -383,6 +421,8 @@ TARGETS: Final[tuple[Target, ...]] = (
            "proto.addresses.parse_address"),
     Target("allowlist", _allowlist, _allowlist_seeds, (ConfigError,),
            "parent.proxy.allowlist.parse_allowlist (vsock-proxy YAML)"),
+    Target("kms-response", _kms_response, _kms_response_seeds, (HTTPResponseError, KMSError),
+           "enclave.kms_wire ResponseReader + error mapping: the lean KMS client's input"),
     Target("kms-json", _kms_body, _kms_body_seeds, (KMSErrorReply,),
            "local KMS: signed requests with fuzzed JSON bodies -> 200 or 4xx, never a 500"),
     Target("kms-sigv4", _kms_auth, _kms_auth_seeds, (KMSErrorReply,),
