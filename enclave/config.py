@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from nitrokms import __version__
+from nitrokms.enclave.session import READ_CHUNK_BYTES
 from nitrokms.proto.addresses import Address, parse_address
 from nitrokms.proto.errors import AddressError
 from nitrokms.proto.framing import DEFAULT_MAX_FRAME_BYTES
@@ -22,6 +23,9 @@ from nitrokms.proto.messages import REGION
 
 ENV_PREFIX: Final = "NITROKMS_"
 DEFAULT_LISTEN: Final = "vsock://any:5000"
+DEFAULT_CONTROL_LISTEN: Final = "vsock://any:5001"
+NO_ADDRESS: Final = "none"
+MiB: Final = 1024 * 1024
 DEFAULT_RELAY: Final = "vsock://3:8000"
 DEFAULT_REGION: Final = "us-east-1"
 KMS_PORT: Final = 443
@@ -32,6 +36,7 @@ _REGION: Final = re.compile(REGION.pattern or "")
 @dataclass(frozen=True)
 class Config:
     listen: Address
+    control_listen: Address | None
     region: str
     kms_host: str
     kms_port: int
@@ -46,10 +51,17 @@ class Config:
     max_connections: int
     max_in_flight: int
     max_frame_bytes: int
+    connection_buffer_bytes: int
+    total_buffer_bytes: int
+    max_bad_requests: int
     request_timeout_s: float
     idle_timeout_s: float
+    send_timeout_s: float
     shutdown_grace_s: float
     workers: int
+    local_workers: int
+    max_workers_per_connection: int
+    control_max_connections: int
     kms_max_attempts: int
     log_level: str
 
@@ -64,6 +76,10 @@ def _address(text: str) -> Address:
         return parse_address(text)
     except AddressError as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _optional_address(text: str) -> Address | None:
+    return None if text.strip().lower() == NO_ADDRESS else _address(text)
 
 
 def _bounded(kind: Callable[[str], Any], lo: float, hi: float) -> Callable[[str], Any]:
@@ -111,6 +127,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 
     default_region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
     option("--listen", DEFAULT_LISTEN, "RPC listen address", _address)
+    option(
+        "--control-listen",
+        DEFAULT_CONTROL_LISTEN,
+        "listen address for the credential provider (SetCredentials and Health only, with "
+        f"connection slots of its own); '{NO_ADDRESS}' turns it off",
+        _optional_address,
+    )
     option("--region", default_region or DEFAULT_REGION, "AWS region of the KMS keys")
     option("--kms-endpoint", None, "KMS host[:port] (default kms.REGION.amazonaws.com:443)")
     option("--kms-relay", DEFAULT_RELAY, "the parent's KMS relay address", _address)
@@ -129,14 +152,47 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "largest RPC frame",
         _bounded(int, 1024, DEFAULT_MAX_FRAME_BYTES),
     )
+    option(
+        "--connection-buffer-bytes",
+        16 * MiB,
+        "bytes held per connection: the frame being read, requests running, replies unsent "
+        "(at least max-frame-bytes + 128 KiB)",
+        _bounded(int, 1024, 2**40),
+    )
+    option(
+        "--total-buffer-bytes",
+        256 * MiB,
+        "bytes held for all connections together (each may still use 128 KiB beyond it)",
+        _bounded(int, 1024, 2**42),
+    )
+    option(
+        "--max-bad-requests", 4, "invalid requests before a connection is closed",
+        _bounded(int, 1, 10**6),
+    )  # fmt: skip
     option("--request-timeout-s", 30.0, "per-request timeout", _bounded(float, 0.01, 3600))
     option(
         "--idle-timeout-s", 60.0, "idle/read timeout per connection", _bounded(float, 0.01, 86400)
     )
     option(
+        "--send-timeout-s", 10.0, "close a connection that takes no reply bytes for this long",
+        _bounded(float, 0.01, 86400),
+    )  # fmt: skip
+    option(
         "--shutdown-grace-s", 10.0, "time to finish requests on SIGTERM", _bounded(float, 0.01, 600)
     )
-    option("--workers", 16, "threads running requests", _bounded(int, 1, 1024))
+    option("--workers", 16, "threads running KMS-bound requests", _bounded(int, 1, 1024))
+    option(
+        "--local-workers", 4, "threads running requests that need no KMS call",
+        _bounded(int, 1, 1024),
+    )  # fmt: skip
+    option(
+        "--max-workers-per-connection", 8, "threads of each kind one connection may hold",
+        _bounded(int, 1, 1024),
+    )  # fmt: skip
+    option(
+        "--control-max-connections", 8, "connections at once on --control-listen",
+        _bounded(int, 1, 1024),
+    )  # fmt: skip
     option("--kms-max-attempts", 4, "KMS attempts per call (retries + 1)", _bounded(int, 1, 20))
     option("--log-level", "INFO", "log level", lambda s: _choice(s.upper(), LOG_LEVELS))
     return parser
@@ -159,6 +215,11 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
         parser.error(str(exc))
     if not _REGION.fullmatch(args.region):
         parser.error(f"--region {args.region!r} is not an AWS region name")
+    whole_frame = args.max_frame_bytes + 2 * READ_CHUNK_BYTES
+    if args.connection_buffer_bytes < whole_frame:
+        parser.error(f"--connection-buffer-bytes must be at least {whole_frame} (a whole frame)")
+    if args.total_buffer_bytes < args.connection_buffer_bytes:
+        parser.error("--total-buffer-bytes must be at least --connection-buffer-bytes")
     values = {k: v for k, v in vars(args).items() if k != "kms_endpoint"}
     return Config(kms_host=kms_host, kms_port=kms_port, **values)
 

@@ -35,6 +35,7 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+from nitrokms.enclave import deadlines
 from nitrokms.enclave.attested_kms import Attestor, attach_recipient
 from nitrokms.enclave.errors import EnclaveError
 from nitrokms.enclave.keypool import RecipientKeyPool
@@ -238,6 +239,7 @@ class EnclaveKMS:
             aws_session_token=credentials.session_token,
             config=self._config,
         )
+        client.meta.events.register("before-send.kms", deadlines.before_send)
         return attach_recipient(client, attestor=self._attestor, pool=self._pool)
 
     def client(self) -> Any:

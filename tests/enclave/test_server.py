@@ -10,6 +10,7 @@ from pathlib import Path
 import cbor2
 import pytest
 from nitrokms.enclave.errors import EnclaveError
+from nitrokms.enclave.lanes import Lane
 from nitrokms.enclave.server import RPCServer, ServerLimits
 from nitrokms.proto.addresses import UnixAddress
 from nitrokms.proto.messages import (
@@ -19,13 +20,15 @@ from nitrokms.proto.messages import (
     HealthRequest,
     HealthResult,
     Reply,
+    Response,
 )
 
 from tests.enclave.rpc_client import Client, RawPeer, error_of, header
 
 
 class Handler:
-    """Attest's nonce scripts the behaviour: b"wait:NAME" blocks until released."""
+    """Attest's nonce scripts the behaviour: b"wait:NAME" (anywhere in it) blocks until
+    released, b"big" answers with a 16 KiB document."""
 
     def __init__(self) -> None:
         self.gates: dict[str, threading.Event] = {}
@@ -52,8 +55,8 @@ class Handler:
             )
         assert isinstance(body, AttestRequest)
         nonce = body.nonce or b""
-        if nonce.startswith(b"wait:"):
-            name = nonce[5:].decode()
+        if b"wait:" in nonce:
+            name = nonce.partition(b"wait:")[2].decode()
             gate = self.gate(name)
             self.entered[name].set()
             gate.wait(30)
@@ -63,6 +66,8 @@ class Handler:
             raise EnclaveError("no such key", code="kms.NotFoundException")
         elif nonce == b"badcode":
             raise EnclaveError("odd", code="not a code")
+        elif nonce == b"big":
+            return AttestResult(document=b"d" * 16000)
         return AttestResult(document=b"doc:" + nonce)
 
 
@@ -360,5 +365,213 @@ def test_a_client_at_the_in_flight_limit_is_never_refused(tmp_path):
             path = str(tmp_path / "rpc.sock")
             failures = await asyncio.to_thread(asyncio.run, client_side(path))
             assert failures == []
+
+    run(scenario())
+
+
+# --- memory, fairness and the control listener (issue 15) ----------------------------------------
+
+MiB = 1024 * 1024
+
+
+def _kms_by_nonce(body: Body) -> Lane:
+    """Attest requests whose nonce starts with "kms" stand for KMS-bound work."""
+    nonce = body.nonce if isinstance(body, AttestRequest) else None
+    return "kms" if (nonce or b"").startswith(b"kms") else "local"
+
+
+@contextlib.asynccontextmanager
+async def serving_lanes(tmp_path: Path, handler: Handler, **limits) -> AsyncIterator[RPCServer]:
+    server = RPCServer(handler, ServerLimits(**limits), lane_of=_kms_by_nonce)
+    await server.start(UnixAddress(str(tmp_path / "rpc.sock")))
+    try:
+        yield server
+    finally:
+        handler.release_all()
+        await server.shutdown()
+
+
+async def _accepted(server: RPCServer, count: int) -> None:
+    """Wait until the server has taken `count` connections in (accepting is asynchronous)."""
+    for _ in range(1000):
+        if server.connection_count >= count:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"only {server.connection_count} connections accepted")
+
+
+def _frame(envelope: dict[str, object]) -> bytes:
+    body = cbor2.dumps(envelope)
+    return header(len(body)) + body
+
+
+def _attest_frame(request_id: int, nonce: bytes = b"n" * 1024) -> bytes:
+    return _frame({"v": 1, "id": request_id, "op": "Attest", "body": {"nonce": nonce}})
+
+
+def test_a_peer_that_reads_no_replies_is_not_read_either_and_is_closed(tmp_path):
+    """Requests whose replies (1 KiB each) the peer never reads: the server stops reading the peer
+    once its bytes pass the connection budget, so the peer's own sends block; after the send
+    timeout the connection is closed and every byte it held is released."""
+
+    async def scenario() -> None:
+        async with serving(
+            tmp_path,
+            Handler(),
+            send_timeout_s=1.5,
+            max_frame_bytes=64 * 1024,
+            connection_buffer_bytes=512 * 1024,
+        ) as server:
+            peer = await RawPeer.connect(server.address)
+            await _accepted(server, 1)
+            burst = b"".join(_attest_frame(i) for i in range(1, 65))
+            loop = asyncio.get_running_loop()
+            started, peak, blocked = loop.time(), 0, False
+            while server.connection_count and loop.time() - started < 10:
+                peer.writer.write(burst)
+                try:
+                    await asyncio.wait_for(peer.writer.drain(), 0.1)
+                except TimeoutError:
+                    blocked = True
+                except ConnectionError:
+                    break
+                peak = max(peak, server.budget.held)
+            assert blocked, "the server kept reading a peer that reads nothing"
+            assert server.connection_count == 0, "the non-reading peer was never closed"
+            # the budget, plus what one read admits and the replies of requests in flight
+            assert peak <= 512 * 1024 + 64 * 1024 + 64 * 2048, peak
+            assert server.budget.held == 0
+            peer.close()
+
+    run(scenario())
+
+
+def test_replies_drain_to_a_slow_reader_without_closing_it(tmp_path):
+    """1 MiB of replies (64 x 16 KiB, past the kernel's socket buffers) to a peer that takes one
+    every 20 ms: over a second in all, far past the send timeout, but never without progress."""
+
+    async def scenario() -> None:
+        async with serving(
+            tmp_path,
+            Handler(),
+            send_timeout_s=0.3,
+            max_frame_bytes=64 * 1024,
+            connection_buffer_bytes=256 * 1024,
+        ) as server:
+            client = await Client.connect(server.address)
+            for _ in range(2):
+                ids = [await client.send(AttestRequest(nonce=b"big")) for _ in range(64)]
+                got: list[Response] = []
+                while len(got) < len(ids):
+                    got.append(await client.receive())
+                    await asyncio.sleep(0.02)
+                assert sorted(r.id or 0 for r in got) == ids
+                assert all(isinstance(r, Reply) for r in got), [error_of(r) for r in got][:1]
+            client.close()
+
+    run(scenario())
+
+
+def test_a_connection_sending_only_invalid_requests_is_closed_after_a_few(tmp_path):
+    async def scenario() -> None:
+        async with serving(tmp_path, Handler(), max_bad_requests=3) as server:
+            peer = await RawPeer.connect(server.address)
+            bad = b"".join(
+                _frame({"v": 1, "id": i, "op": "Attest", "body": {"nonsense": i}})
+                for i in range(1, 11)
+            )
+            await peer.send_raw(bad)
+            codes = []
+            while (response := await peer.next_response()) is not None:
+                codes.append(error_of(response).code)
+            assert codes == ["protocol.InvalidField"] * 3 + ["enclave.TooManyBadRequests"]
+            good = await Client.connect(server.address)
+            assert isinstance(await good.call(HealthRequest()), Reply)
+            good.close()
+            peer.close()
+
+    run(scenario())
+
+
+def test_local_work_is_not_queued_behind_kms_bound_work(tmp_path):
+    async def scenario() -> None:
+        handler = Handler()
+        async with serving_lanes(tmp_path, handler, workers=2, local_workers=1) as server:
+            hogs = [await Client.connect(server.address) for _ in range(4)]
+            for hog in hogs:
+                for _ in range(8):
+                    await hog.send(AttestRequest(nonce=b"kms wait:kms"))
+            victim = await Client.connect(server.address)
+            reply = await asyncio.wait_for(victim.call(AttestRequest(nonce=b"local")), 5)
+            assert isinstance(reply, Reply)
+            for peer in (*hogs, victim):
+                peer.close()
+
+    run(scenario())
+
+
+def test_a_lane_is_shared_round_robin_within_each_connections_quota(tmp_path):
+    """One connection queues 10 KMS-bound requests on 4 workers with a quota of 2: it holds 2
+    workers; a second connection's request then starts at once on a third."""
+
+    async def scenario() -> None:
+        handler = Handler()
+        limits = {"workers": 4, "max_workers_per_connection": 2}
+        async with serving_lanes(tmp_path, handler, **limits) as server:
+            greedy = await Client.connect(server.address)
+            for _ in range(10):
+                await greedy.send(AttestRequest(nonce=b"kms wait:greedy"))
+            await _entered(handler, "greedy")
+            other = await Client.connect(server.address)
+            await other.send(AttestRequest(nonce=b"kms wait:other"))
+            await _entered(handler, "other")
+            assert server.scheduler.lanes["kms"].busy == 3
+            assert server.scheduler.lanes["kms"].waiting == 8
+            handler.release_all()
+            got = [await greedy.receive() for _ in range(10)]
+            assert all(isinstance(r, Reply) for r in got)
+            greedy.close()
+            other.close()
+
+    run(scenario())
+
+
+def test_a_request_that_waited_past_its_deadline_never_runs(tmp_path):
+    async def scenario() -> None:
+        handler = Handler()
+        async with serving_lanes(tmp_path, handler, workers=1, request_timeout_s=0.3) as server:
+            client = await Client.connect(server.address)
+            await client.send(AttestRequest(nonce=b"kms wait:first"))
+            await _entered(handler, "first")
+            calls = handler.calls
+            queued = await client.send(AttestRequest(nonce=b"kms second"))
+            first, second = await client.receive(), await client.receive()
+            assert {error_of(first).code, error_of(second).code} == {"enclave.Timeout"}
+            handler.gate("first").set()
+            # The lane's one worker is free again; a new request runs after anything still
+            # queued, so once it is answered an expired job that was wrongly kept has run too.
+            assert isinstance(await client.call(AttestRequest(nonce=b"kms third")), Reply)
+            assert handler.calls == calls + 1, "the expired request ran anyway"
+            assert queued in (first.id, second.id)
+            client.close()
+
+    run(scenario())
+
+
+def test_the_control_listener_serves_the_provider_while_the_service_is_full(tmp_path):
+    async def scenario() -> None:
+        async with serving(tmp_path, Handler(), max_connections=2) as server:
+            control = await server.start_control(UnixAddress(str(tmp_path / "control.sock")))
+            holders = [await RawPeer.connect(server.address) for _ in range(2)]
+            for holder in holders:
+                await holder.send_raw(b"\x00")  # slow: never a whole frame
+            refused = await RawPeer.connect(server.address)
+            assert error_of(await refused.next_response()).code == "enclave.TooManyConnections"
+            provider = await Client.connect(control)
+            assert isinstance(await provider.call(HealthRequest()), Reply)
+            other = error_of(await provider.call(AttestRequest(nonce=b"x")))
+            assert other.code == "enclave.OperationNotAllowed"
+            for peer in (*holders, refused, provider):
+                peer.close()
 
     run(scenario())
