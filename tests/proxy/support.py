@@ -47,8 +47,10 @@ async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
 
 
 @contextlib.asynccontextmanager
-async def upstream(handler: Handler = echo) -> AsyncIterator[int]:
-    """A server on 127.0.0.1; yields its port."""
+async def upstream(
+    handler: Handler = echo, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[int]:
+    """A server on `host` (any loopback address: all of 127/8 is local); yields its port."""
     tasks: set[asyncio.Task[None]] = set()
     writers: set[asyncio.StreamWriter] = set()
 
@@ -62,7 +64,7 @@ async def upstream(handler: Handler = echo) -> AsyncIterator[int]:
         finally:
             tasks.discard(task)
 
-    server = await asyncio.start_server(track, "127.0.0.1", 0)
+    server = await asyncio.start_server(track, host, port)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
