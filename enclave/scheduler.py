@@ -8,10 +8,11 @@ starved a fifth connection's purely local Seal for 30 s. So:
   work that never leaves the enclave to the "local" lane (`enclave.lanes` says which is which), so
   no KMS backlog can delay a Health or a Seal with a held key.
 - **Fair share within a lane.** Waiting jobs queue per owner (a connection), and a free thread
-  takes the next job round-robin over owners, not first-come-first-served. An owner may hold at
-  most `per_owner` threads of a lane at once (its quota), counting threads still busy with its
-  requests that already timed out: a connection whose requests outlive their deadline cannot
-  claim more threads by sending more.
+  takes the next job round-robin over owners, not first-come-first-served. Owners under their
+  quota (`per_owner` threads, counting threads still busy with requests that already timed out)
+  come first; an owner at its quota gets another thread only while nobody under quota waits. So a
+  lone client may use the whole lane (its throughput is the lane's), and as soon as another
+  connection has work, each free thread goes to it until it holds its share.
 - **Priority owners** (the credential provider's control connections) are served first.
 - **Deadlines.** A job whose deadline passes while it waits never starts; a running job runs
   under `deadlines.bounded`, so its KMS calls stop retrying past the deadline.
@@ -137,22 +138,26 @@ class Lane(Generic[A, R]):
             self._start(job)
 
     def _next(self) -> _Job[A, R] | None:
-        """The first owner in turn order (priority owners first) that is under its quota gives
-        up its oldest job and goes to the back of the turn order."""
+        """The next job: from the first owner in turn order (priority owners first) that is
+        under its quota; if every waiting owner is at its quota, from the one holding fewest
+        threads (the lane never idles while work waits). The owner goes to the back."""
         order = list(self._waiting)
         if self._priority:
             order.sort(key=lambda owner: owner not in self._priority)  # stable: keeps the turns
-        for owner in order:
-            if self._busy[owner] >= self.limits.per_owner:
-                continue
-            queue = self._waiting.pop(owner)
-            job = queue.popleft()
-            if queue:
-                self._waiting[owner] = queue
-            else:
-                self._priority.discard(owner)
-            return job
-        return None
+        eligible = [o for o in order if self._busy[o] < self.limits.per_owner]
+        if eligible:
+            owner = eligible[0]
+        elif order:
+            owner = min(order, key=lambda o: self._busy[o])
+        else:
+            return None
+        queue = self._waiting.pop(owner)
+        job = queue.popleft()
+        if queue:
+            self._waiting[owner] = queue
+        else:
+            self._priority.discard(owner)
+        return job
 
     def _start(self, job: _Job[A, R]) -> None:
         job.started = True

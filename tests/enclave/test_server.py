@@ -34,12 +34,18 @@ class Handler:
         self.gates: dict[str, threading.Event] = {}
         self.entered: dict[str, threading.Event] = {}
         self.calls = 0
+        self.released = False
 
     def gate(self, name: str) -> threading.Event:
         self.entered.setdefault(name, threading.Event())
-        return self.gates.setdefault(name, threading.Event())
+        gate = self.gates.setdefault(name, threading.Event())
+        if self.released:
+            gate.set()
+        return gate
 
     def release_all(self) -> None:
+        """Open every gate, including those of requests that have not started yet."""
+        self.released = True
         for event in list(self.gates.values()):
             event.set()
 
@@ -511,25 +517,32 @@ def test_local_work_is_not_queued_behind_kms_bound_work(tmp_path):
 
 
 def test_a_lane_is_shared_round_robin_within_each_connections_quota(tmp_path):
-    """One connection queues 10 KMS-bound requests on 4 workers with a quota of 2: it holds 2
-    workers; a second connection's request then starts at once on a third."""
+    """Alone, a connection may use every worker of a lane; once another connection waits, each
+    freed worker goes to whoever is under its quota."""
 
     async def scenario() -> None:
         handler = Handler()
         limits = {"workers": 4, "max_workers_per_connection": 2}
         async with serving_lanes(tmp_path, handler, **limits) as server:
+            lane = server.scheduler.lanes["kms"]
             greedy = await Client.connect(server.address)
-            for _ in range(10):
-                await greedy.send(AttestRequest(nonce=b"kms wait:greedy"))
-            await _entered(handler, "greedy")
+            for i in range(10):
+                await greedy.send(AttestRequest(nonce=b"kms wait:g%d" % i))
+            for i in range(4):
+                await _entered(handler, f"g{i}")
+            assert (lane.busy, lane.waiting) == (4, 6)  # alone: the whole lane
             other = await Client.connect(server.address)
             await other.send(AttestRequest(nonce=b"kms wait:other"))
-            await _entered(handler, "other")
-            assert server.scheduler.lanes["kms"].busy == 3
-            assert server.scheduler.lanes["kms"].waiting == 8
+            await _accepted(server, 2)
+            handler.gate("g0").set()
+            await _entered(handler, "other")  # the freed worker went to the newcomer
+            assert (lane.busy, lane.waiting) == (4, 6)
+            handler.gate("g1").set()
+            await _entered(handler, "g4")  # nobody else waits: greedy borrows again
             handler.release_all()
             got = [await greedy.receive() for _ in range(10)]
             assert all(isinstance(r, Reply) for r in got)
+            assert isinstance(await other.receive(), Reply)
             greedy.close()
             other.close()
 
