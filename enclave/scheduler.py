@@ -104,8 +104,9 @@ class Lane(Generic[A, R]):
         if priority:
             self._priority.add(owner)
         self._waiting.setdefault(owner, deque()).append(job)
-        result.add_done_callback(lambda _: self._forget(job))
         self._dispatch()
+        if not job.started:  # it waits: let a cancellation take it out of the queue
+            result.add_done_callback(lambda _: self._forget(job))
         return result
 
     def shutdown(self) -> None:
@@ -141,6 +142,8 @@ class Lane(Generic[A, R]):
         """The next job: from the first owner in turn order (priority owners first) that is
         under its quota; if every waiting owner is at its quota, from the one holding fewest
         threads (the lane never idles while work waits). The owner goes to the back."""
+        if len(self._waiting) == 1 and not self._priority:  # the common case: one client
+            return self._take(next(iter(self._waiting)))
         order = list(self._waiting)
         if self._priority:
             order.sort(key=lambda owner: owner not in self._priority)  # stable: keeps the turns
@@ -151,6 +154,10 @@ class Lane(Generic[A, R]):
             owner = min(order, key=lambda o: self._busy[o])
         else:
             return None
+        return self._take(owner)
+
+    def _take(self, owner: Hashable) -> _Job[A, R]:
+        """`owner`'s oldest job; the owner goes to the back of the turn order."""
         queue = self._waiting.pop(owner)
         job = queue.popleft()
         if queue:

@@ -14,6 +14,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+from nitrokms.parent.proxy.allowlist import AllowEntry
 from nitrokms.parent.proxy.relay import Relay, RelaySettings
 from nitrokms.parent.proxy.resolver import IpFamily, Resolver
 from nitrokms.proto.addresses import Address, TcpAddress
@@ -83,10 +84,11 @@ async def running_relay(
     *,
     host: str = "127.0.0.1",
     resolver: Resolver | None = None,
+    allowlist: tuple[AllowEntry, ...] | None = None,
     **settings: float | int | None,
 ) -> AsyncIterator[Relay]:
     relay = Relay(
-        RelaySettings(host, port, **settings),  # type: ignore[arg-type]
+        RelaySettings(host, port, allowlist=allowlist, **settings),  # type: ignore[arg-type]
         resolver or Resolver(IpFamily.ANY, hosts_path=None, use_system_dns=False),
     )
     await relay.start(listen or TcpAddress("127.0.0.1", 0))
