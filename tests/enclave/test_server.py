@@ -77,11 +77,19 @@ class Handler:
         return AttestResult(document=b"doc:" + nonce)
 
 
+def _kms_by_nonce(body: Body) -> Lane:
+    """Attest requests whose nonce starts with "kms" stand for KMS-bound work."""
+    nonce = body.nonce if isinstance(body, AttestRequest) else None
+    return "kms" if (nonce or b"").startswith(b"kms") else "local"
+
+
 @contextlib.asynccontextmanager
 async def serving(
     tmp_path: Path, handler: Handler, on_shutdown: Callable[[], None] | None = None, **limits
 ) -> AsyncIterator[RPCServer]:
-    server = RPCServer(handler, ServerLimits(**limits), on_shutdown=on_shutdown)
+    server = RPCServer(
+        handler, ServerLimits(**limits), lane_of=_kms_by_nonce, on_shutdown=on_shutdown
+    )
     await server.start(UnixAddress(str(tmp_path / "rpc.sock")))
     try:
         yield server
@@ -380,23 +388,6 @@ def test_a_client_at_the_in_flight_limit_is_never_refused(tmp_path):
 MiB = 1024 * 1024
 
 
-def _kms_by_nonce(body: Body) -> Lane:
-    """Attest requests whose nonce starts with "kms" stand for KMS-bound work."""
-    nonce = body.nonce if isinstance(body, AttestRequest) else None
-    return "kms" if (nonce or b"").startswith(b"kms") else "local"
-
-
-@contextlib.asynccontextmanager
-async def serving_lanes(tmp_path: Path, handler: Handler, **limits) -> AsyncIterator[RPCServer]:
-    server = RPCServer(handler, ServerLimits(**limits), lane_of=_kms_by_nonce)
-    await server.start(UnixAddress(str(tmp_path / "rpc.sock")))
-    try:
-        yield server
-    finally:
-        handler.release_all()
-        await server.shutdown()
-
-
 async def _accepted(server: RPCServer, count: int) -> None:
     """Wait until the server has taken `count` connections in (accepting is asynchronous)."""
     for _ in range(1000):
@@ -502,7 +493,7 @@ def test_a_connection_sending_only_invalid_requests_is_closed_after_a_few(tmp_pa
 def test_local_work_is_not_queued_behind_kms_bound_work(tmp_path):
     async def scenario() -> None:
         handler = Handler()
-        async with serving_lanes(tmp_path, handler, workers=2, local_workers=1) as server:
+        async with serving(tmp_path, handler, workers=2, local_workers=1) as server:
             hogs = [await Client.connect(server.address) for _ in range(4)]
             for hog in hogs:
                 for _ in range(8):
@@ -522,8 +513,7 @@ def test_a_lane_is_shared_round_robin_within_each_connections_quota(tmp_path):
 
     async def scenario() -> None:
         handler = Handler()
-        limits = {"workers": 4, "max_workers_per_connection": 2}
-        async with serving_lanes(tmp_path, handler, **limits) as server:
+        async with serving(tmp_path, handler, workers=4, max_workers_per_connection=2) as server:
             lane = server.scheduler.lanes["kms"]
             greedy = await Client.connect(server.address)
             for i in range(10):
@@ -552,7 +542,7 @@ def test_a_lane_is_shared_round_robin_within_each_connections_quota(tmp_path):
 def test_a_request_that_waited_past_its_deadline_never_runs(tmp_path):
     async def scenario() -> None:
         handler = Handler()
-        async with serving_lanes(tmp_path, handler, workers=1, request_timeout_s=0.3) as server:
+        async with serving(tmp_path, handler, workers=1, request_timeout_s=0.3) as server:
             client = await Client.connect(server.address)
             await client.send(AttestRequest(nonce=b"kms wait:first"))
             await _entered(handler, "first")

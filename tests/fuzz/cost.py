@@ -1,7 +1,8 @@
 """What one fuzz input costs, and what it may cost: CPU time and peak memory, linear in its length.
 
-`Meter` measures one call: CPU time of the calling thread (`time.thread_time`, so time spent
-descheduled on a busy machine does not count) and the peak of memory traced by `tracemalloc`
+`Meter` measures one call, with the garbage collector paused: CPU time of the calling thread
+(`time.thread_time`, so time spent descheduled on a busy machine does not count) and the peak of
+memory traced by `tracemalloc`
 above what was allocated when the call began (Python objects, including those C extensions make
 through Python's allocators; not OpenSSL's or Rust's own heaps).
 
@@ -17,6 +18,7 @@ sizes the fuzzer feeds (up to 64 KiB).
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
@@ -59,20 +61,19 @@ class Budget:
 
     def excess(self, cost: Cost, size: int) -> str | None:
         """Why `cost` is over budget for an input of `size` bytes, or None."""
-        cpu_limit = self.cpu_s + self.cpu_s_per_byte * size
-        if cost.cpu_s > cpu_limit:
-            return (
-                f"cost: {cost.cpu_s * 1000:.1f} ms of CPU for {size} bytes, over the budget of "
-                f"{cpu_limit * 1000:.1f} ms ({self.cpu_s * 1000:.1f} ms + "
-                f"{self.cpu_s_per_byte * 1e6:g} µs/byte)"
-            )
-        memory_limit = self.memory_bytes + self.memory_per_byte * size
-        if cost.peak_bytes > memory_limit:
-            return (
-                f"cost: {cost.peak_bytes / KiB:.0f} KiB allocated at peak for {size} bytes, over "
-                f"the budget of {memory_limit / KiB:.0f} KiB ({self.memory_bytes / KiB:.0f} KiB + "
-                f"{self.memory_per_byte:g} bytes/byte)"
-            )
+        measures = (  # unit, what, used, constant part, per-byte part and its unit, per-byte scale
+            ("ms", "of CPU", cost.cpu_s * 1000, self.cpu_s * 1000, self.cpu_s_per_byte * 1e6,
+             "µs", 1000),
+            ("KiB", "allocated at peak", cost.peak_bytes / KiB, self.memory_bytes / KiB,
+             self.memory_per_byte, "bytes", KiB),
+        )  # fmt: skip
+        for unit, what, used, base, per_byte, per_byte_unit, scale in measures:
+            limit = base + per_byte * size / scale
+            if used > limit:
+                return (
+                    f"cost: {used:.1f} {unit} {what} for {size} bytes, over the budget of "
+                    f"{limit:.1f} {unit} ({base:.1f} {unit} + {per_byte:g} {per_byte_unit}/byte)"
+                )
         return None
 
 
@@ -82,6 +83,10 @@ class Meter:
     cost = Cost(0.0, 0)
 
     def __enter__(self) -> Meter:
+        # No garbage collection inside the call: a pass over the whole heap (tens of ms in a big
+        # process) would be charged to whichever input happened to trigger it.
+        self._collecting = gc.isenabled()
+        gc.disable()
         self._tracing = tracemalloc.is_tracing()
         if self._tracing:
             tracemalloc.reset_peak()
@@ -92,6 +97,8 @@ class Meter:
     def __exit__(self, *exc_info: object) -> None:
         cpu_s = time.thread_time() - self._cpu
         peak = tracemalloc.get_traced_memory()[1] - self._base if self._tracing else 0
+        if self._collecting:
+            gc.enable()
         self.cost = Cost(cpu_s, max(0, peak))
 
 

@@ -9,10 +9,13 @@ new answer points to, standing for whoever took that address: it must never see 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
 from nitrokms.parent.proxy.allowlist import AllowEntry
+from nitrokms.parent.proxy.relay import Relay
 from nitrokms.parent.proxy.resolver import Resolver
 
 from tests.proxy.support import (
@@ -59,6 +62,25 @@ class Witness:
         writer.close()
 
 
+@contextlib.asynccontextmanager
+async def relaying(
+    zone: DnsZone, clock: FakeClock, remote: str, elsewhere: Witness
+) -> AsyncIterator[Relay]:
+    """An echo upstream on ALLOWED_IP, `elsewhere` on ELSEWHERE_IP (same port), the fake DNS, and
+    a relay to `remote` whose allowlist holds kms.example on that port."""
+    async with (
+        upstream() as port,
+        upstream(elsewhere, host=ELSEWHERE_IP, port=port),
+        fake_dns(zone) as dns_resolver,
+    ):
+        resolver = Resolver(dns_resolver=dns_resolver, hosts_path=None, clock=clock)
+        allowlist = (AllowEntry("kms.example", port),)
+        async with running_relay(
+            port, host=remote, resolver=resolver, allowlist=allowlist
+        ) as relay:
+            yield relay
+
+
 def test_a_remote_name_that_now_resolves_elsewhere_is_refused_on_connect(caplog) -> None:
     zone = DnsZone(
         {
@@ -69,23 +91,14 @@ def test_a_remote_name_that_now_resolves_elsewhere_is_refused_on_connect(caplog)
     clock, witness = FakeClock(), Witness()
 
     async def main() -> None:
-        async with (
-            upstream() as port,
-            upstream(witness, host=ELSEWHERE_IP, port=port),
-            fake_dns(zone) as dns_resolver,
-        ):
-            resolver = Resolver(dns_resolver=dns_resolver, hosts_path=None, clock=clock)
-            allowlist = (AllowEntry("kms.example", port),)
-            async with running_relay(
-                port, host="alias.example", resolver=resolver, allowlist=allowlist
-            ) as relay:
-                assert await exchange(relay.address, b"before") == b"before"
-                zone.records["alias.example"]["A"] = (TTL_S, [ELSEWHERE_IP])
-                clock.now += TTL_S + 0.5
-                assert await exchange(relay.address, b"after") == b""
-                assert witness.connections == 0
-                assert relay.metrics.upstream_failures["not_allowed"] == 1
-                assert "not_allowed" in relay.metrics.render()
+        async with relaying(zone, clock, "alias.example", witness) as relay:
+            assert await exchange(relay.address, b"before") == b"before"
+            zone.records["alias.example"]["A"] = (TTL_S, [ELSEWHERE_IP])
+            clock.now += TTL_S + 0.5
+            assert await exchange(relay.address, b"after") == b""
+            assert witness.connections == 0
+            assert relay.metrics.upstream_failures["not_allowed"] == 1
+            assert "not_allowed" in relay.metrics.render()
 
     with caplog.at_level(logging.WARNING, logger="nitrokms.proxy"):
         run(main())
@@ -101,17 +114,12 @@ def test_an_allowlisted_name_that_moves_takes_its_permission_along() -> None:
     clock = FakeClock()
 
     async def main() -> None:
-        async with upstream() as port, fake_dns(zone) as dns_resolver:
-            resolver = Resolver(dns_resolver=dns_resolver, hosts_path=None, clock=clock)
-            allowlist = (AllowEntry("kms.example", port),)
-            async with running_relay(
-                port, host=ALLOWED_IP, resolver=resolver, allowlist=allowlist
-            ) as relay:
-                assert await exchange(relay.address, b"ok") == b"ok"
-                zone.records["kms.example"]["A"] = (TTL_S, ["127.0.0.3"])
-                clock.now += TTL_S + 0.5
-                assert await exchange(relay.address, b"no") == b""
-                assert relay.metrics.upstream_failures["not_allowed"] == 1
+        async with relaying(zone, clock, ALLOWED_IP, Witness()) as relay:
+            assert await exchange(relay.address, b"ok") == b"ok"
+            zone.records["kms.example"]["A"] = (TTL_S, ["127.0.0.3"])
+            clock.now += TTL_S + 0.5
+            assert await exchange(relay.address, b"no") == b""
+            assert relay.metrics.upstream_failures["not_allowed"] == 1
 
     run(main())
 
@@ -124,23 +132,14 @@ def test_an_exact_name_match_follows_its_own_answers(ttl_passed: bool) -> None:
     clock, moved_to = FakeClock(), Witness()
 
     async def main() -> None:
-        async with (
-            upstream() as port,
-            upstream(moved_to, host=ELSEWHERE_IP, port=port),
-            fake_dns(zone) as dns_resolver,
-        ):
-            resolver = Resolver(dns_resolver=dns_resolver, hosts_path=None, clock=clock)
-            allowlist = (AllowEntry("kms.example", port),)
-            async with running_relay(
-                port, host="kms.example", resolver=resolver, allowlist=allowlist
-            ) as relay:
-                assert await exchange(relay.address, b"one") == b"one"
-                zone.records["kms.example"]["A"] = (TTL_S, [ELSEWHERE_IP])
-                if ttl_passed:
-                    clock.now += TTL_S + 0.5
-                answer = await exchange(relay.address, b"two")
-                assert answer == (b"" if ttl_passed else b"two")
-                assert moved_to.connections == (1 if ttl_passed else 0)
-                assert relay.metrics.upstream_failures["not_allowed"] == 0
+        async with relaying(zone, clock, "kms.example", moved_to) as relay:
+            assert await exchange(relay.address, b"one") == b"one"
+            zone.records["kms.example"]["A"] = (TTL_S, [ELSEWHERE_IP])
+            if ttl_passed:
+                clock.now += TTL_S + 0.5
+            answer = await exchange(relay.address, b"two")
+            assert answer == (b"" if ttl_passed else b"two")
+            assert moved_to.connections == (1 if ttl_passed else 0)
+            assert relay.metrics.upstream_failures["not_allowed"] == 0
 
     run(main())

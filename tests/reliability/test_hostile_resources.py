@@ -46,12 +46,6 @@ SEND_TIMEOUT_S = 2.0
 REQUEST_TIMEOUT_S = 1.0
 
 
-@pytest.fixture(scope="module")
-def held(world: World, key_id: str) -> m.GenerateDataKeyResult:
-    with world.client() as client:
-        return client.generate_data_key(key_id, encryption_context=CONTEXT)
-
-
 def _seal_frames(handle: str) -> Callable[[int], bytes]:
     plaintext = b"\xa5" * SEAL_BYTES
     return lambda n: request_frame(n, m.SealRequest(plaintext=plaintext, handle=handle))
