@@ -102,8 +102,7 @@ class Session:
             await self._read_loop()
             if not self.broken:  # after EOF a half-closed peer still gets its replies
                 await self._drain_tasks()
-            if self.drainer is not None:
-                await self.drainer  # replies still going out; ends by sending or by timeout
+            await self._flush()
         except Exception:  # a bug here must not take the server down
             log.error("connection handler failed at %s", safe_traceback())
         finally:
@@ -367,6 +366,15 @@ class Session:
             self.drainer = self.loop.create_task(self._drain())
         self._account()
 
+    async def _flush(self) -> None:
+        """Before the connection ends: unsent bytes go out, or the transport is aborted after
+        the send timeout. (A closed transport would otherwise keep them until the peer reads,
+        which a hostile one never does, long after this session and its budget are gone.)"""
+        if self.transport.get_write_buffer_size() and self.drainer is None:
+            self.drainer = self.loop.create_task(self._drain())
+        if self.drainer is not None:
+            await self.drainer
+
     def _flushed(self) -> int:
         return self.written - self.transport.get_write_buffer_size()
 
@@ -376,7 +384,7 @@ class Session:
         poll_s = min(MAX_DRAIN_POLL_S, self.limits.send_timeout_s / 4)
         flushed, progress_at = self._flushed(), self.loop.time()
         try:
-            while self.transport.get_write_buffer_size() and not self.broken:
+            while self.transport.get_write_buffer_size():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(poll_s):
                         await self.writer.drain()
@@ -405,11 +413,30 @@ class Session:
     # --- ending ----------------------------------------------------------------------------------
 
     async def _drain_tasks(self) -> None:
+        """After EOF: finish the requests in flight (a half-closed peer still reads replies),
+        until the shutdown grace if shutting down, and only while the connection lives: once
+        a reply finds the peer gone (it closed, not half-closed), the rest are cancelled, so a
+        client cannot leave a backlog running for nobody by hanging up."""
         if not self.tasks:
             return
-        pending = set(self.tasks)
         grace = self.limits.shutdown_grace_s if self.server.stopping() else None
-        _, pending = await asyncio.wait(pending, timeout=grace)
+        end = None if grace is None else self.loop.time() + grace
+        lost = self.loop.create_task(self._connection_lost())
+        pending = set(self.tasks)
+        try:
+            while pending and not lost.done():
+                timeout = None if end is None else max(0.0, end - self.loop.time())
+                done, _ = await asyncio.wait(
+                    pending | {lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    break
+                pending -= done
+        finally:
+            lost.cancel()
+        if lost.done() and not lost.cancelled():
+            self._cancel_tasks()
+            return
         for task in pending:
             request = self.tasks.get(task)
             task.cancel()
@@ -417,6 +444,10 @@ class Session:
                 self._send_error(
                     request.id, request.operation, SHUTTING_DOWN, "the enclave is shutting down"
                 )
+
+    async def _connection_lost(self) -> None:
+        with contextlib.suppress(Exception):  # how it was lost does not matter here
+            await self.writer.wait_closed()
 
     def _cancel_tasks(self) -> None:
         for task in list(self.tasks):

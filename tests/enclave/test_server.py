@@ -388,13 +388,17 @@ def test_a_client_at_the_in_flight_limit_is_never_refused(tmp_path):
 MiB = 1024 * 1024
 
 
+async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)
+
+
 async def _accepted(server: RPCServer, count: int) -> None:
     """Wait until the server has taken `count` connections in (accepting is asynchronous)."""
-    for _ in range(1000):
-        if server.connection_count >= count:
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"only {server.connection_count} connections accepted")
+    await _until(lambda: server.connection_count >= count)
 
 
 def _frame(envelope: dict[str, object]) -> bytes:
@@ -439,6 +443,55 @@ def test_a_peer_that_reads_no_replies_is_not_read_either_and_is_closed(tmp_path)
             assert peak <= 512 * 1024 + 64 * 1024 + 64 * 2048, peak
             assert server.budget.held == 0
             peer.close()
+
+    run(scenario())
+
+
+def test_a_closed_connection_does_not_keep_replies_its_peer_never_reads(tmp_path):
+    """A peer asks for 1 MiB of replies, reads none, then gets itself closed (an invalid
+    request): the unsent replies go with the connection once the send timeout passes, not when
+    the peer reads them (never)."""
+
+    async def scenario() -> None:
+        async with serving(tmp_path, Handler(), send_timeout_s=0.5, max_bad_requests=1) as server:
+            peer = await RawPeer.connect(server.address)
+            bad = _frame({"v": 1, "id": 99, "op": "Attest", "body": {"nonsense": 1}})
+            await peer.send_raw(b"".join(_attest_frame(i, b"big") for i in range(1, 65)))
+            await _accepted(server, 1)
+            await _until(lambda: server.budget.held >= 512 * 1024)  # replies piling up unread
+            await peer.send_raw(bad)
+            await _until(lambda: server.connection_count == 0)
+            assert server.budget.held == 0
+            received = 0
+            with contextlib.suppress(ConnectionResetError):
+                while data := await peer.reader.read(65536):
+                    received += len(data)
+            assert received < 64 * 16000, "the unsent replies were kept for a peer gone silent"
+            peer.close()
+
+    run(scenario())
+
+
+def test_a_peer_that_hangs_up_does_not_leave_its_backlog_running(tmp_path):
+    """Five KMS-bound requests on one worker, then the client closes (not a half-close): once a
+    reply finds it gone, the requests still queued are dropped instead of run for nobody."""
+
+    async def scenario() -> None:
+        handler = Handler()
+        async with serving(tmp_path, handler, workers=1) as server:
+            lane = server.scheduler.lanes["kms"]
+            client = await Client.connect(server.address)
+            for i in range(5):
+                await client.send(AttestRequest(nonce=b"kms wait:b%d" % i))
+            await _entered(handler, "b0")
+            client.close()
+            await client.writer.wait_closed()
+            handler.gate("b0").set()  # its reply meets the closed connection; b1 starts meanwhile
+            await _entered(handler, "b1")
+            await _until(lambda: server.connection_count == 0)
+            handler.release_all()
+            await _until(lambda: lane.busy == 0)
+            assert handler.calls == 2, f"{handler.calls} of 5 requests ran after the hang-up"
 
     run(scenario())
 

@@ -295,16 +295,18 @@ def test_256_slow_connections_do_not_lock_the_credential_provider_out(world: Wor
 
 
 def test_a_request_past_its_deadline_makes_no_further_kms_attempt(
-    world: World, key_id: str, hoarded: EnclaveProcess, fault_plan: Path
+    world: World, held: m.GenerateDataKeyResult, hoarded: EnclaveProcess, fault_plan: Path
 ) -> None:
     """KMS fails each attempt after 2 s; the request times out after 1 s. Without a deadline the
-    worker thread would go on through all four attempts (8 s and more) for a caller long gone."""
-    fault = {"operation": "GenerateDataKey", "delay_s": KMS_DELAY_S, "status": 500}
+    worker thread would go on through all four attempts (8 s and more) for a caller long gone.
+    (LoadDataKey, so KMS's Decrypt: nothing else in the suite calls it meanwhile.)"""
+    fault = {"operation": "Decrypt", "delay_s": KMS_DELAY_S, "status": 500}
     write_plan(fault_plan, [fault] * 4)
     mark = hoarded.process.mark()
     begun = time.monotonic()
     with EnclaveClient(hoarded.address, timeout_s=30) as client:
-        waited_s, outcome = _timed(lambda: client.generate_data_key(key_id))
+        load = lambda: client.load_data_key(held.ciphertext_blob, encryption_context=CONTEXT)  # noqa: E731
+        waited_s, outcome = _timed(load)
     hoarded.process.wait_for_line("stopped past its deadline", after=mark, timeout_s=30)
     stopped_s = time.monotonic() - begun
     used = 4 - remaining(fault_plan)
