@@ -6,21 +6,24 @@ synchronous `transport.write`, so frames never interleave and no reply waits beh
 
 Memory. Everything held for a connection is counted: the frame being read, requests running
 (each charged its frame's bytes) and replies the peer has not taken yet (the transport's write
-buffer). The connection reads on only while its
-count is under `connection_buffer_bytes` and the server's total under `total_buffer_bytes`; a frame
-whose header announces more than fits waits, holding only what has arrived, until it fits (the
-frame is then admitted whole, so no two half-read frames can wait for each other). The first
-CONNECTION_RESERVE_BYTES of every connection do not wait for the total, so a small request on a
-fresh connection is read even while others hold the whole budget. A connection over its budget
-is not read, so the peer's own socket fills and its sends block: backpressure, not an error. The
-check is made before each read, so one read (READ_CHUNK_BYTES) may admit several requests past
-the budget, and a reply may be larger than its request (by up to 16 KiB, an attestation document):
-a connection can pass its budget by one read plus `max_in_flight` x 16 KiB (1 MiB by default).
+buffer). The connection reads on only while its count is under `connection_buffer_bytes` and the
+server's total under `total_buffer_bytes`; a frame whose header announces more than fits waits,
+holding only what has arrived, until it fits (the frame is then admitted whole, so no two
+half-read frames can wait for each other). The first CONNECTION_RESERVE_BYTES of every connection
+do not wait for the total, so a small request on a fresh connection is read even while others
+hold the whole budget. A connection over its budget is not read, so the peer's own socket fills
+and its sends block: backpressure, not an error. The check is made before each read, so one read
+(READ_CHUNK_BYTES) may admit several requests past the budget, and a reply may be larger than its
+request (by up to 16 KiB, an attestation document): a connection can pass its budget by one read
+plus `max_in_flight` x 16 KiB (1 MiB by default).
 
 Unsent replies are watched by a drainer task (the write buffer's high-water mark is 0, so the
-transport says when it is empty): a peer that takes no reply bytes for `send_timeout_s` is closed.
-Requests whose frames are valid envelopes with invalid bodies are answered one by one, but after
-`max_bad_requests` of them the connection is closed (`enclave.TooManyBadRequests`).
+transport says when it is empty): a peer that takes no reply bytes for `send_timeout_s` is closed,
+and a connection that ends with replies unsent keeps them no longer than that either. After EOF
+the requests in flight still finish (a half-closed peer reads their replies) unless the peer
+turns out to be gone, which cancels them. Requests whose frames are valid envelopes with invalid
+bodies are answered one by one, but after `max_bad_requests` of them the connection is closed
+(`enclave.TooManyBadRequests`).
 """
 
 from __future__ import annotations
