@@ -3,9 +3,9 @@ argument: the image's settings file says everything (see `nitrokms.enclave.confi
 
 Brings loopback up, starts the recipient key pool (pre-attested keys), the in-enclave KMS CONNECT
 proxy (for application code's boto3; the service's own KMS calls open the relay stream directly) and
-the RPC server, then prints `{"event": "ready", "listen": ADDRESS, "pid": PID}` on stderr. On
-SIGTERM or SIGINT it drains requests, wipes the keyring and exits 0. Startup failures exit 1 with
-one log line.
+the RPC server (and its control listener for the credential provider), then prints
+`{"event": "ready", "listen": ADDRESS, "control": ADDRESS, "pid": PID}` on stderr. On SIGTERM or
+SIGINT it drains requests, wipes the keyring and exits 0. Startup failures exit 1 with one log line.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from nitrokms.enclave.errors import EnclaveError
 from nitrokms.enclave.keypool import RecipientKeyPool
 from nitrokms.enclave.keyring import Keyring
 from nitrokms.enclave.kms import EnclaveKMS
+from nitrokms.enclave.lanes import LaneClassifier
 from nitrokms.enclave.network import KMSNetworkPath
 from nitrokms.enclave.nsm import NSMClient
 from nitrokms.enclave.server import RPCServer, ServerLimits
@@ -56,10 +57,17 @@ def _limits(config: Config) -> ServerLimits:
         max_connections=config.max_connections,
         max_in_flight=config.max_in_flight,
         max_frame_bytes=config.max_frame_bytes,
+        connection_buffer_bytes=config.connection_buffer_bytes,
+        total_buffer_bytes=config.total_buffer_bytes,
+        max_bad_requests=config.max_bad_requests,
         request_timeout_s=config.request_timeout_s,
         idle_timeout_s=config.idle_timeout_s,
+        send_timeout_s=config.send_timeout_s,
         shutdown_grace_s=config.shutdown_grace_s,
         workers=config.workers,
+        local_workers=config.local_workers,
+        max_workers_per_connection=config.max_workers_per_connection,
+        control_max_connections=config.control_max_connections,
     )
 
 
@@ -104,8 +112,16 @@ async def _serve(config: Config, path: KMSNetworkPath) -> int:
             max_attempts=config.kms_max_attempts,
         )
         service = EnclaveService(kms=kms, nsm=nsm, keyring=keyring, pool=pool, region=config.region)
-        server = RPCServer(service.handle, _limits(config), on_shutdown=keyring.clear)
+        server = RPCServer(
+            service.handle,
+            _limits(config),
+            lane_of=LaneClassifier(keyring),
+            on_shutdown=keyring.clear,
+        )
         address = await server.start(config.listen)
+        control = None
+        if config.control_listen is not None:
+            control = await server.start_control(config.control_listen)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -113,7 +129,12 @@ async def _serve(config: Config, path: KMSNetworkPath) -> int:
         sweeper = asyncio.ensure_future(
             _sweep(keyring, min(MAX_SWEEP_INTERVAL_S, config.key_ttl_s / 4))
         )
-        ready = {"event": "ready", "listen": str(address), "pid": os.getpid()}
+        ready = {
+            "event": "ready",
+            "listen": str(address),
+            "control": None if control is None else str(control),
+            "pid": os.getpid(),
+        }
         print(json.dumps(ready), file=sys.stderr, flush=True)
         await stop.wait()
         log.info("draining")

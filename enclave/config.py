@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from nitrokms import __version__
+from nitrokms.enclave.session import READ_CHUNK_BYTES
 from nitrokms.proto.addresses import Address, VsockAddress, parse_address
 from nitrokms.proto.errors import AddressError
 from nitrokms.proto.framing import DEFAULT_MAX_FRAME_BYTES
@@ -34,6 +35,9 @@ RELAY_PORT: Final = 8000
 SETTINGS_PATH: Final = "/etc/nitrokms/enclave.json"
 SETTINGS_ENV: Final = ENV_PREFIX + "SETTINGS"
 MAX_SETTINGS_BYTES: Final = 64 * 1024
+DEFAULT_CONTROL_LISTEN: Final = "vsock://any:5001"
+NO_ADDRESS: Final = "none"
+MiB: Final = 1024 * 1024
 DEFAULT_REGION: Final = "us-east-1"
 KMS_PORT: Final = 443
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -43,6 +47,7 @@ _REGION: Final = re.compile(REGION.pattern or "")
 @dataclass(frozen=True)
 class Config:
     listen: Address
+    control_listen: Address | None
     region: str
     kms_host: str
     kms_port: int
@@ -60,10 +65,17 @@ class Config:
     max_connections: int
     max_in_flight: int
     max_frame_bytes: int
+    connection_buffer_bytes: int
+    total_buffer_bytes: int
+    max_bad_requests: int
     request_timeout_s: float
     idle_timeout_s: float
+    send_timeout_s: float
     shutdown_grace_s: float
     workers: int
+    local_workers: int
+    max_workers_per_connection: int
+    control_max_connections: int
     kms_max_attempts: int
     log_level: str
 
@@ -86,6 +98,10 @@ def _address(text: str) -> Address:
         return parse_address(text)
     except AddressError as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _optional_address(text: str) -> Address | None:
+    return None if text.strip().lower() == NO_ADDRESS else _address(text)
 
 
 def _bounded(kind: Callable[[str], Any], lo: float, hi: float) -> Callable[[str], Any]:
@@ -138,6 +154,13 @@ def _options(default_region: str) -> tuple[Option, ...]:
     log_choice = lambda s: _choice(s.upper(), LOG_LEVELS)  # noqa: E731
     return (
         Option("--listen", DEFAULT_LISTEN, "RPC listen address", _address),
+        Option(
+            "--control-listen",
+            DEFAULT_CONTROL_LISTEN,
+            "listen address for the credential provider (SetCredentials and Health only, with "
+            f"connection slots of its own); '{NO_ADDRESS}' turns it off",
+            _optional_address,
+        ),
         Option("--region", default_region, "AWS region of the KMS keys"),
         Option("--kms-endpoint", None, "KMS host[:port] (default kms.REGION.amazonaws.com:443)"),
         Option("--parent-cid", PARENT_CID, "vsock CID of the parent (3 on Nitro)", _cid),
@@ -165,10 +188,53 @@ def _options(default_region: str) -> tuple[Option, ...]:
         Option("--max-connections", 256, "RPC connections at once", _bounded(int, 1, 65536)),
         Option("--max-in-flight", 64, "requests in flight per connection", _bounded(int, 1, 4096)),
         Option("--max-frame-bytes", DEFAULT_MAX_FRAME_BYTES, "largest RPC frame", frame_limit),
+        Option(
+            "--connection-buffer-bytes",
+            16 * MiB,
+            "bytes held per connection: the frame being read, requests running, replies unsent "
+            "(at least max-frame-bytes + 128 KiB)",
+            _bounded(int, 1024, 2**40),
+        ),
+        Option(
+            "--total-buffer-bytes",
+            256 * MiB,
+            "bytes held for all connections together (each may still use 128 KiB beyond it)",
+            _bounded(int, 1024, 2**42),
+        ),
+        Option(
+            "--max-bad-requests",
+            4,
+            "invalid requests before a connection is closed",
+            _bounded(int, 1, 10**6),
+        ),
         Option("--request-timeout-s", 30.0, "per-request timeout", _bounded(float, 0.01, 3600)),
         Option("--idle-timeout-s", 60.0, "idle/read timeout", _bounded(float, 0.01, 86400)),
+        Option(
+            "--send-timeout-s",
+            10.0,
+            "close a connection that takes no reply bytes for this long",
+            _bounded(float, 0.01, 86400),
+        ),
         Option("--shutdown-grace-s", 10.0, "drain time on SIGTERM", _bounded(float, 0.01, 600)),
-        Option("--workers", 16, "threads running requests", _bounded(int, 1, 1024)),
+        Option("--workers", 16, "threads running KMS-bound requests", _bounded(int, 1, 1024)),
+        Option(
+            "--local-workers",
+            4,
+            "threads running requests that need no KMS call",
+            _bounded(int, 1, 1024),
+        ),
+        Option(
+            "--max-workers-per-connection",
+            8,
+            "threads of each kind one connection may hold",
+            _bounded(int, 1, 1024),
+        ),
+        Option(
+            "--control-max-connections",
+            8,
+            "connections at once on --control-listen",
+            _bounded(int, 1, 1024),
+        ),
         Option("--kms-max-attempts", 4, "KMS attempts per call", _bounded(int, 1, 20)),
         Option("--log-level", "INFO", "log level", log_choice),
     )
@@ -280,6 +346,11 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
         parser.error(f"--region {args.region!r} is not an AWS region name")
     if args.kms_relay is None:
         args.kms_relay = VsockAddress(args.parent_cid, args.relay_port)
+    whole_frame = args.max_frame_bytes + 2 * READ_CHUNK_BYTES
+    if args.connection_buffer_bytes < whole_frame:
+        parser.error(f"--connection-buffer-bytes must be at least {whole_frame} (a whole frame)")
+    if args.total_buffer_bytes < args.connection_buffer_bytes:
+        parser.error("--total-buffer-bytes must be at least --connection-buffer-bytes")
     skipped = ("kms_endpoint", "settings", "show_config")
     values = {k: v for k, v in vars(args).items() if k not in skipped}
     return Config(kms_host=kms_host, kms_port=kms_port, **values)

@@ -77,6 +77,18 @@ class UnsupportedDataKeyError(EnclaveError):
     default_code = codes.UNSUPPORTED_DATA_KEY
 
 
+class DeadlineExceededError(EnclaveError):
+    """The request's deadline passed before this step started (`enclave.deadlines`)."""
+
+    default_code = codes.TIMEOUT
+
+
+class LaneClosedError(EnclaveError):
+    """The worker lanes are closed: the service is stopping."""
+
+    default_code = codes.SHUTTING_DOWN
+
+
 class KeyPoolError(EnclaveError):
     """The pool cannot hand out a key: it is closed, timed out, or key generation failed."""
 

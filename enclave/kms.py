@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from nitrokms import __version__
-from nitrokms.enclave import kms_retry
+from nitrokms.enclave import deadlines, kms_retry
 from nitrokms.enclave import kms_shapes as shapes
 from nitrokms.enclave.attested_kms import KEY_ENCRYPTION_ALGORITHM
 from nitrokms.enclave.cms import decrypt_enveloped_data
@@ -373,10 +373,12 @@ class EnclaveKMS:
         return AttestedKey(key, self._attestor(public_key=key.spki_der))
 
     def _send(self, operation: str, signer: Signer, body: bytes) -> Response:
-        """Send, retrying as botocore's standard mode does. Raises the KMSError family."""
+        """Send, retrying as botocore's standard mode does; no attempt starts past the request's
+        deadline (`enclave.deadlines`). Raises the KMSError family, DeadlineExceededError."""
         signed = request_headers(self._host, operation)
         attempt, taken = 1, 0
         while True:
+            deadlines.check("a KMS attempt")
             headers = [*signed, ("User-Agent", USER_AGENT)]
             headers += signer.sign(signed, body, self._now().astimezone(UTC))
             headers.append(("Accept-Encoding", "identity"))

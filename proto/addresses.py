@@ -38,6 +38,7 @@ MAX_VSOCK_PORT = 0xFFFFFFFF
 MAX_TCP_PORT = 0xFFFF
 MAX_UNIX_PATH_BYTES = 107  # sizeof(sun_path) - 1 for the terminating NUL on Linux
 MAX_HOSTNAME_CHARS = 253
+MAX_ADDRESS_CHARS = 1024  # the longest valid one is a unix path or a host name plus a port
 
 _HOSTNAME = re.compile(
     r"\A(?=.{1,253}\Z)(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
@@ -145,6 +146,10 @@ def parse_address(text: str) -> Address:
     """
     if not isinstance(text, str):
         raise AddressError(f"address must be a string, not {type(text).__name__}")
+    if len(text) > MAX_ADDRESS_CHARS:  # before any copy: error messages quote the address
+        raise AddressError(
+            f"address is {len(text)} characters long; the limit is {MAX_ADDRESS_CHARS}"
+        )
     scheme, sep, rest = text.partition("://")
     if not sep:
         raise AddressError(

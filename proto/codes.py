@@ -218,6 +218,15 @@ TIMEOUT: Final = _code(
     "enclave.Timeout", "the request exceeded the service's per-request time limit"
 )
 TOO_MANY_CONNECTIONS: Final = _code("enclave.TooManyConnections", "connection limit reached")
+TOO_MANY_BAD_REQUESTS: Final = _code(
+    "enclave.TooManyBadRequests",
+    "the connection sent more invalid requests than `--max-bad-requests`; it is closed",
+)
+OPERATION_NOT_ALLOWED: Final = _code(
+    "enclave.OperationNotAllowed",
+    "this listener does not serve that operation (the control listener serves SetCredentials "
+    "and Health only)",
+)
 SHUTTING_DOWN: Final = _code("enclave.ShuttingDown", "the service is stopping")
 INTERNAL_ERROR: Final = _code(
     "enclave.InternalError",

@@ -141,6 +141,16 @@ class ServerConnection(_Deferring):
         self._decoder = FrameDecoder(max_frame_bytes)
         self._max_frame_bytes = max_frame_bytes
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received but not yet decoded (part of a frame)."""
+        return self._decoder.buffered_bytes
+
+    @property
+    def frame_remaining_bytes(self) -> int:
+        """Bytes still to come for the frame whose header has arrived (0 between frames)."""
+        return self._decoder.frame_remaining_bytes
+
     def receive_data(self, data: bytes) -> list[ServerEvent]:
         """Feed bytes from the client; return requests and answerable bad requests.
 

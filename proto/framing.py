@@ -59,6 +59,13 @@ class FrameDecoder:
     def buffered_bytes(self) -> int:
         return len(self._buffer)
 
+    @property
+    def frame_remaining_bytes(self) -> int:
+        """Bytes of the frame being read that have not arrived (0 until its header has)."""
+        if self._expected is None:
+            return 0
+        return max(0, HEADER_BYTES + self._expected - len(self._buffer))
+
     def feed(self, data: bytes) -> None:
         self._raise_if_failed()
         if self._eof:

@@ -111,12 +111,27 @@ class EnclaveProcess:
         return f"unix://{self.socket_path}"
 
     @property
+    def control_socket_path(self) -> Path:
+        """Where the enclave listens for the credential provider (`--control-listen`)."""
+        return control_socket(self.socket_path)
+
+    @property
+    def control_address(self) -> str:
+        return f"unix://{self.control_socket_path}"
+
+    @property
     def running(self) -> bool:
         return self.process.returncode is None
 
     def stop(self) -> int:
         """SIGTERM (`nsm run` forwards it; the service drains and exits 0). Returns the status."""
         return self.process.stop()
+
+
+def control_socket(socket_path: Path) -> Path:
+    """The control listener's socket beside `socket_path`, never a longer path (unix paths are
+    limited to 107 bytes)."""
+    return socket_path.with_suffix(".ctl")
 
 
 def start_relay(
@@ -171,6 +186,7 @@ def start_enclave(
         sys.executable, "-m", "nitrokms.sim", "nsm", "run", "--state", str(nsm_state),
         "--region", region, *nsm_options, "--",
         sys.executable, "-m", "nitrokms.enclave", "--listen", f"unix://{socket_path}",
+        "--control-listen", f"unix://{control_socket(socket_path)}",
         "--kms-relay", f"unix://{kms_relay}", "--kms-endpoint", kms_endpoint,
         "--ca-bundle", str(ca_bundle), "--region", region, "--pool-size", "2", *extra_args,
     ]  # fmt: skip

@@ -500,7 +500,7 @@ class World:
         """Run `nitrokms credentials --once` against `enclave`. Raises ProcessFailed if it fails."""
         argv = [
             sys.executable, "-m", "nitrokms.cli", "credentials", "--once",
-            "--enclave", enclave.address, "--region", self.region,
+            "--enclave", enclave.control_address, "--region", self.region,
         ]  # fmt: skip
         process, _ = self._spawn(f"credentials-{enclave.name}", argv, self._provider_env, None)
         if process.popen.wait(timeout=REPUSH_TIMEOUT_S) != 0:
@@ -599,8 +599,9 @@ class World:
 
     def _start_provider(self) -> None:
         argv = [
-            sys.executable, "-m", "nitrokms.cli", "credentials", "--enclave", self.enclave_address,
-            "--region", self.region, "--poll-interval", f"{PROVIDER_POLL_S:g}",
+            sys.executable, "-m", "nitrokms.cli", "credentials",
+            "--enclave", self.enclave.control_address, "--region", self.region,
+            "--poll-interval", f"{PROVIDER_POLL_S:g}",
         ]  # fmt: skip
         self._provider, line = self._spawn(
             "credentials", argv, self._provider_env, ready=_push_outcome

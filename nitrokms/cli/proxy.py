@@ -50,8 +50,10 @@ SPARE_FDS = 64
 
 DESCRIPTION = """\
 Relay connections from the enclave (vsock CID 3, LOCAL_PORT) to REMOTE_ADDR:REMOTE_PORT over TCP,
-if the allowlist in --config permits that destination (checked once at start-up, like vsock-proxy).
-The bytes are never parsed; TLS to KMS ends inside the enclave.
+if the allowlist in --config permits that destination: checked at start-up, like vsock-proxy, and
+again for every connection against the address REMOTE_ADDR resolves to then, so a changed DNS
+answer cannot lead anywhere nobody allowlisted. The bytes are never parsed; TLS to KMS ends inside
+the enclave.
 
 -w/--num_workers is accepted for vsock-proxy compatibility (it must be >= 1) and has no effect:
 one asyncio event loop serves every connection, so there is no worker pool to size.
@@ -158,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         connect_timeout_s=args.connect_timeout,
         idle_timeout_s=args.idle_timeout or None,
         max_connections=args.max_connections,
+        allowlist=entries,
     )
     listen = args.listen or VsockAddress(VMADDR_CID_PARENT, args.local_port)
     _raise_fd_limit(settings.max_connections * FDS_PER_CONNECTION + SPARE_FDS)

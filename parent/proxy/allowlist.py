@@ -1,9 +1,14 @@
-"""The vsock-proxy allowlist: its YAML file and the start-up check.
+"""The vsock-proxy allowlist: its YAML file, the start-up check and the check on every connect.
 
 Same format as AWS `vsock-proxy` (`allowlist: [{address: HOST, port: PORT}, ...]`; unknown keys are
-ignored, as serde does) and the same check: entries for another port are skipped, an exact string
+ignored, as serde does) and the same rule: entries for another port are skipped, an exact string
 match of the address wins, otherwise the resolved IPs of each entry are compared with those of the
 remote address. The file is read whole, capped at MAX_CONFIG_BYTES, before parsing.
+
+vsock-proxy applies the rule once, at start-up; a remote name allowed then because it resolved to
+an allowlisted name's address stays allowed whatever it resolves to later. `check_destination`
+applies it again to the address each connection is about to use, with the resolver's TTL-aware
+cache, so a changed DNS answer cannot lead the relay to an address nobody allowlisted.
 """
 
 from __future__ import annotations
@@ -95,26 +100,68 @@ async def check_allowlist(
     Raises NotAllowedError whose message starts with NOT_ALLOWED_MESSAGE. An allowlisted name that
     does not resolve is skipped (logged), so one stale entry cannot block the others.
     """
-    candidates = [entry for entry in entries if entry.port == remote_port]
-    if any(entry.address == remote_addr for entry in candidates):
+    candidates = _by_name_or_port(entries, remote_addr, remote_port)
+    if candidates is None:
         return
-    if not candidates:
-        raise NotAllowedError(f"{NOT_ALLOWED_MESSAGE}: no entry for port {remote_port}")
     try:
         remote_ips = set(await resolve_all(remote_addr))
     except ResolveError as exc:
         raise NotAllowedError(f"{NOT_ALLOWED_MESSAGE}: {exc.message}") from exc
+    if not await _resolves_to_one_of(candidates, remote_ips, resolve_all, logging.WARNING):
+        raise NotAllowedError(
+            f"{NOT_ALLOWED_MESSAGE}: {remote_addr}:{remote_port} matches no allowlist entry"
+        )
+
+
+async def check_destination(
+    entries: Iterable[AllowEntry],
+    remote_addr: str,
+    remote_port: int,
+    ip: IPAddress,
+    resolve_all: ResolveAll,
+) -> None:
+    """Refuse a connection to `ip` (what REMOTE_ADDR resolves to now) unless the allowlist still
+    covers it: REMOTE_ADDR is itself an entry, or `ip` is among an entry's current addresses.
+
+    Raises NotAllowedError whose message starts with NOT_ALLOWED_MESSAGE.
+    """
+    candidates = _by_name_or_port(entries, remote_addr, remote_port)
+    if candidates is None:
+        return
+    if not await _resolves_to_one_of(candidates, {ip}, resolve_all, logging.DEBUG):
+        raise NotAllowedError(
+            f"{NOT_ALLOWED_MESSAGE}: {remote_addr} now resolves to {ip}, which no allowlist "
+            f"entry for port {remote_port} resolves to"
+        )
+
+
+def _by_name_or_port(
+    entries: Iterable[AllowEntry], remote_addr: str, remote_port: int
+) -> list[AllowEntry] | None:
+    """None when REMOTE_ADDR is an entry itself; else the entries to compare addresses with.
+    Raises NotAllowedError when there are none."""
+    candidates = [entry for entry in entries if entry.port == remote_port]
+    if any(entry.address == remote_addr for entry in candidates):
+        return None
+    if not candidates:
+        raise NotAllowedError(f"{NOT_ALLOWED_MESSAGE}: no entry for port {remote_port}")
+    return candidates
+
+
+async def _resolves_to_one_of(
+    candidates: Iterable[AllowEntry], ips: set[IPAddress], resolve_all: ResolveAll, level: int
+) -> bool:
+    """Whether any candidate resolves to one of `ips`. An entry that does not resolve is skipped
+    (logged at `level`), so one stale entry cannot block the others."""
     for entry in candidates:
         try:
             allowed_ips = await resolve_all(entry.address)
         except ResolveError as exc:
-            event(logging.WARNING, "allowlist.skipped", address=entry.address, error=exc.message)
+            event(level, "allowlist.skipped", address=entry.address, error=exc.message)
             continue
-        if remote_ips.intersection(allowed_ips):
-            return
-    raise NotAllowedError(
-        f"{NOT_ALLOWED_MESSAGE}: {remote_addr}:{remote_port} matches no allowlist entry"
-    )
+        if ips.intersection(allowed_ips):
+            return True
+    return False
 
 
 def _first_line(exc: BaseException) -> str:

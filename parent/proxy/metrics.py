@@ -16,7 +16,7 @@ from nitrokms.transport.sockets import start_server
 MAX_REQUEST_HEAD_BYTES = 8192
 REQUEST_TIMEOUT_S = 5.0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-FAILURE_REASONS = ("resolve", "refused", "timeout", "unreachable")
+FAILURE_REASONS = ("resolve", "not_allowed", "refused", "timeout", "unreachable")
 
 
 @dataclass

@@ -8,6 +8,11 @@ side stops reading, so a slow reader costs at most that plus one read (256 KiB) 
 stalls only its own pair. EOF on one side becomes `write_eof()` (shutdown SHUT_WR) on the other
 while the opposite direction keeps flowing; an error on either side aborts the pair.
 
+With an allowlist in its settings, the relay checks every connection's resolved address against
+it before connecting (`allowlist.check_destination`), so a DNS answer that changed since start-up
+cannot send the bytes somewhere nobody allowlisted; a refusal is logged (`upstream.not_allowed`)
+and counted (`reason="not_allowed"`), and only that client is closed.
+
 Listening goes through `nitrokms.transport.sockets.start_server` with a plain (non-coroutine)
 callback, which asyncio calls from `connection_made`, before any data arrives; it moves the
 transport to our protocol with the public `set_protocol`, so no stream buffer ever holds client
@@ -22,7 +27,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, cast
 
-from nitrokms.parent.proxy.errors import ResolveError, UpstreamError
+from nitrokms.parent.proxy.allowlist import AllowEntry, check_destination
+from nitrokms.parent.proxy.errors import NotAllowedError, ResolveError, UpstreamError
 from nitrokms.parent.proxy.logs import event
 from nitrokms.parent.proxy.metrics import Metrics
 from nitrokms.parent.proxy.resolver import Resolver
@@ -39,13 +45,15 @@ DEFAULT_DRAIN_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True)
 class RelaySettings:
-    """Where to relay to and the per-connection limits. `idle_timeout_s=None` disables it."""
+    """Where to relay to and the per-connection limits. `idle_timeout_s=None` disables it;
+    `allowlist=None` skips the check on connect (the caller checked, or there is no list)."""
 
     remote_host: str
     remote_port: int
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     idle_timeout_s: float | None = DEFAULT_IDLE_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    allowlist: tuple[AllowEntry, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.remote_port <= 0xFFFF:
@@ -147,14 +155,14 @@ class Relay:
         try:
             try:
                 await self._connect(pair)
-            except UpstreamError as exc:
+            except (UpstreamError, NotAllowedError) as exc:
+                name = (
+                    "upstream.not_allowed"
+                    if isinstance(exc, NotAllowedError)
+                    else "upstream.failed"
+                )
                 event(
-                    logging.WARNING,
-                    "upstream.failed",
-                    conn=conn_id,
-                    peer=peer,
-                    code=exc.code,
-                    error=exc.message,
+                    logging.WARNING, name, conn=conn_id, peer=peer, code=exc.code, error=exc.message
                 )
                 pair.abort()
                 return
@@ -177,13 +185,22 @@ class Relay:
             )
 
     async def _connect(self, pair: _Pair) -> None:
-        """Resolve (cached) and connect upstream. Raises UpstreamError, counted by reason."""
+        """Resolve (cached), check the allowlist and connect upstream. Raises UpstreamError or
+        NotAllowedError, counted by reason."""
         host, port = self.settings.remote_host, self.settings.remote_port
         try:
             ip = await self.resolver.resolve(host)
         except ResolveError as exc:
             self.metrics.upstream_failed("resolve")
             raise UpstreamError(exc.message, code=exc.code) from exc
+        if self.settings.allowlist is not None:
+            try:
+                await check_destination(
+                    self.settings.allowlist, host, port, ip, self.resolver.resolve_all
+                )
+            except NotAllowedError:
+                self.metrics.upstream_failed("not_allowed")
+                raise
         target = f"{ip}:{port}"
         loop = asyncio.get_running_loop()
         try:

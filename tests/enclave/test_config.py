@@ -40,6 +40,32 @@ def test_environment_then_arguments():
     assert config.request_timeout_s == 2.5
 
 
+def test_hostile_parent_limits_and_the_control_listener():
+    config = parse_config([], {})
+    assert config.control_listen == VsockAddress(0xFFFFFFFF, 5001)
+    assert (config.connection_buffer_bytes, config.total_buffer_bytes) == (16 << 20, 256 << 20)
+    assert (config.send_timeout_s, config.max_bad_requests) == (10.0, 4)
+    assert (config.workers, config.local_workers, config.max_workers_per_connection) == (16, 4, 8)
+    assert parse_config(["--control-listen", "none"], {}).control_listen is None
+    env = {"NITROKMS_CONTROL_LISTEN": "unix:///run/control.sock"}
+    assert parse_config([], env).control_listen == UnixAddress("/run/control.sock")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--connection-buffer-bytes", str(4 << 20)], "a whole frame"),
+        (["--total-buffer-bytes", str(8 << 20)], "at least --connection-buffer-bytes"),
+        (["--send-timeout-s", "0"], "outside"),
+    ],
+)
+def test_limits_that_cannot_work_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        parse_config(argv, {})
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_aws_region_is_the_fallback_region():
     assert parse_config([], {"AWS_REGION": "ap-south-1"}).region == "ap-south-1"
 

@@ -14,6 +14,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+from nitrokms.parent.proxy.allowlist import AllowEntry
 from nitrokms.parent.proxy.relay import Relay, RelaySettings
 from nitrokms.parent.proxy.resolver import IpFamily, Resolver
 from nitrokms.proto.addresses import Address, TcpAddress
@@ -47,8 +48,10 @@ async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
 
 
 @contextlib.asynccontextmanager
-async def upstream(handler: Handler = echo) -> AsyncIterator[int]:
-    """A server on 127.0.0.1; yields its port."""
+async def upstream(
+    handler: Handler = echo, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[int]:
+    """A server on `host` (any loopback address: all of 127/8 is local); yields its port."""
     tasks: set[asyncio.Task[None]] = set()
     writers: set[asyncio.StreamWriter] = set()
 
@@ -62,7 +65,7 @@ async def upstream(handler: Handler = echo) -> AsyncIterator[int]:
         finally:
             tasks.discard(task)
 
-    server = await asyncio.start_server(track, "127.0.0.1", 0)
+    server = await asyncio.start_server(track, host, port)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
@@ -81,10 +84,11 @@ async def running_relay(
     *,
     host: str = "127.0.0.1",
     resolver: Resolver | None = None,
+    allowlist: tuple[AllowEntry, ...] | None = None,
     **settings: float | int | None,
 ) -> AsyncIterator[Relay]:
     relay = Relay(
-        RelaySettings(host, port, **settings),  # type: ignore[arg-type]
+        RelaySettings(host, port, allowlist=allowlist, **settings),  # type: ignore[arg-type]
         resolver or Resolver(IpFamily.ANY, hosts_path=None, use_system_dns=False),
     )
     await relay.start(listen or TcpAddress("127.0.0.1", 0))

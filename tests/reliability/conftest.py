@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 from nitrokms.parent.rpc import EnclaveClient
+from nitrokms.proto import messages as m
 from nitrokms.sim.kms.faults import write_plan
 from nitrokms.sim.world import World
+
+from tests.reliability.support import CONTEXT
 
 VERBOSE_KMS = ("-v",)
 VERBOSE_ENCLAVE = ("--log-level", "DEBUG")
@@ -41,6 +44,13 @@ def fault_plan(world: World) -> Iterator[Path]:
 @pytest.fixture(scope="package")
 def key_id(world: World) -> str:
     return world.create_attested_key()
+
+
+@pytest.fixture(scope="module")
+def held(world: World, key_id: str) -> m.GenerateDataKeyResult:
+    """A data key the world's enclave holds (one per test module: fault tests restart it)."""
+    with world.client() as client:
+        return client.generate_data_key(key_id, encryption_context=CONTEXT)
 
 
 @pytest.fixture

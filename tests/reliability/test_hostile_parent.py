@@ -39,12 +39,6 @@ IDLE_TIMEOUT_S = 2.0
 SLOWLORIS_CONNECTIONS = 48
 
 
-@pytest.fixture(scope="module")
-def held(world: World, key_id: str) -> m.GenerateDataKeyResult:
-    with world.client() as client:
-        return client.generate_data_key(key_id, encryption_context=CONTEXT)
-
-
 def _socket(world: World) -> str:
     return str(world.enclave.socket_path)
 
