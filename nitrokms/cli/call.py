@@ -22,7 +22,7 @@ from typing import Any
 from nitrokms.cli import CLIError, examples
 from nitrokms.cli._blobs import decode_text_blob, parse_hex, read_input, write_private
 from nitrokms.parent.rpc.client import DEFAULT_TIMEOUT_S, AsyncEnclaveClient
-from nitrokms.parent.rpc.endpoint import enclave_address
+from nitrokms.parent.rpc.endpoint import ENCLAVE_PORT, enclave_address
 from nitrokms.parent.rpc.errors import InvalidRequestError, RPCError
 from nitrokms.proto import messages as m
 from nitrokms.proto.errors import AddressError, LocalProtocolError
@@ -35,17 +35,20 @@ Output = dict[str, Any]
 Operation = Callable[[AsyncEnclaveClient, argparse.Namespace], Awaitable[Output]]
 
 
-def add_enclave_arguments(parser: argparse.ArgumentParser) -> None:
-    """--enclave/--cid/--timeout, shared by every command that talks to the enclave."""
+def add_enclave_arguments(parser: argparse.ArgumentParser, port: int = ENCLAVE_PORT) -> None:
+    """--enclave/--cid/--timeout, shared by every command that talks to the enclave; a CID
+    means `vsock://CID:port`."""
     parser.add_argument(
         "--enclave",
         metavar="ADDR",
         help="enclave service address (vsock://CID:PORT, unix:///path, tcp://HOST:PORT, "
         "vhost-vsock:///path:PORT for a VM behind vhost-device-vsock); default $NITROKMS_ENCLAVE "
-        "or vsock://CID:5000",
+        f"or vsock://CID:{port}",
     )
     parser.add_argument(
-        "--cid", type=int, help="enclave CID for vsock://CID:5000 (default $NITROKMS_ENCLAVE_CID)"
+        "--cid",
+        type=int,
+        help=f"enclave CID for vsock://CID:{port} (default $NITROKMS_ENCLAVE_CID)",
     )
     parser.add_argument(
         "--timeout",
@@ -73,10 +76,11 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def make_client(args: argparse.Namespace) -> AsyncEnclaveClient:
-    """A client for the address in `args`. Raises CLIError (exit 2) when there is none."""
+def make_client(args: argparse.Namespace, port: int = ENCLAVE_PORT) -> AsyncEnclaveClient:
+    """A client for the address in `args` (a CID means `vsock://CID:port`). Raises CLIError
+    (exit 2) when there is none."""
     try:
-        address = enclave_address(args.enclave, args.cid)
+        address = enclave_address(args.enclave, args.cid, port=port)
     except AddressError as exc:
         raise CLIError(exc.message, exit_code=2) from None
     return AsyncEnclaveClient(

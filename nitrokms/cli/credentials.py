@@ -25,6 +25,7 @@ from nitrokms.parent.credentials import (
     PushRecord,
 )
 from nitrokms.parent.rpc.client import AsyncEnclaveClient
+from nitrokms.parent.rpc.endpoint import CONTROL_PORT
 from nitrokms.parent.rpc.errors import RPCError
 
 IMDS_TIMEOUT_S = 1.0
@@ -35,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "credentials",
         help="feed the enclave AWS credentials (IMDSv2, environment or profile)",
         description="Push AWS credentials from boto3's default chain to the enclave with "
-        "SetCredentials, refresh them ahead of expiry and after an enclave restart. Exit 0 "
+        "SetCredentials, refresh them ahead of expiry and after an enclave restart. A CID "
+        "means the service's control listener, vsock://CID:5001 (SetCredentials and Health "
+        "only, with connection slots of its own). Exit 0 "
         "pushed (--once) or stopped by SIGTERM/SIGINT, 1 no credentials or the push failed, 2 "
         "usage.",
         epilog=examples(
@@ -44,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_enclave_arguments(parser)
+    add_enclave_arguments(parser, port=CONTROL_PORT)
     parser.add_argument(
         "--region", help="AWS region (default: the boto3 session's, else the instance's)"
     )
@@ -77,7 +80,7 @@ def _handle(args: argparse.Namespace) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(_JSONFormatter() if args.json else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    client = make_client(args)
+    client = make_client(args, port=CONTROL_PORT)
     try:
         provider = CredentialProvider(
             client,
