@@ -54,6 +54,18 @@ def vsock_socket() -> socket.socket:
     return socket.socket(family, socket.SOCK_STREAM)
 
 
+def _socket_for(
+    address: UnixAddress | VhostVsockAddress | VsockAddress,
+) -> tuple[socket.socket, Any]:
+    """A new, unconnected stream socket for `address` and the target to connect it to (a unix
+    path, an abstract name, or (CID, port)). Raises AddressError where there is no AF_VSOCK."""
+    if isinstance(address, UnixAddress):
+        return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), address.sockaddr()
+    if isinstance(address, VhostVsockAddress):
+        return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), address.path
+    return vsock_socket(), (address.cid, address.port)
+
+
 def _remove_stale_unix_socket(path: str) -> None:
     """Unlink a socket file left by an earlier run; refuse to clobber anything else."""
     try:
@@ -80,12 +92,7 @@ async def connect_protocol(
     if isinstance(address, UnixAddress) and not address.abstract:
         transport, _ = await loop.create_unix_connection(factory, address.path)
         return transport
-    if isinstance(address, UnixAddress | VhostVsockAddress):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        target: Any = address.sockaddr() if isinstance(address, UnixAddress) else address.path
-    else:
-        sock = vsock_socket()
-        target = (address.cid, address.port)
+    sock, target = _socket_for(address)
     sock.setblocking(False)
     try:
         await loop.sock_connect(sock, target)
@@ -185,15 +192,9 @@ def bound_address(server: asyncio.AbstractServer) -> Address:
 def connect_socket(address: Address, timeout_s: float | None = None) -> socket.socket:
     """Blocking connect, for synchronous callers. Raises OSError (or TimeoutError), and
     VsockHandshakeError for a vhost-vsock backend that answers with something other than OK."""
-    sock: socket.socket
     if isinstance(address, TcpAddress):
         return socket.create_connection((address.host, address.port), timeout=timeout_s)
-    if isinstance(address, UnixAddress | VhostVsockAddress):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        target: Any = address.sockaddr() if isinstance(address, UnixAddress) else address.path
-    else:
-        sock = vsock_socket()
-        target = (address.cid, address.port)
+    sock, target = _socket_for(address)
     try:
         sock.settimeout(timeout_s)
         sock.connect(target)
