@@ -76,7 +76,7 @@ def _flow(world: VMWorld, summary: dict[str, Any]) -> None:
     _say(f"image init after {vm.times.init_s:.1f} s, enclave ready after {vm.times.ready_s:.1f} s")
     for line in vm.console_lines("nitrokms-init: heartbeat") + vm.console_lines("module nsm"):
         _say(f"guest: {line.strip()}")
-    _say(f"credentials pushed over vsock ({world.enclave_address})")
+    _say(f"credentials pushed over vsock ({world.enclave.control_address}, the control listener)")
     key_arn = world.create_attested_key()
     started = time.monotonic()
     generated = _call(world, "generate-data-key", "--key-id", key_arn, "--context", "demo=vm")

@@ -25,6 +25,7 @@ from nitrokms.sim.vm.toolchain import Toolchain
 from nitrokms.sim.world import World
 
 ENCLAVE_PORT: Final = 5000  # the image's default listen port
+CONTROL_PORT: Final = 5001  # the image's default control listener (--control-listen)
 RELAY_PORT: Final = 8000  # the image's default relay port (at its parent CID, 2 here)
 
 
@@ -34,10 +35,17 @@ class VMEnclave(EnclaveProcess):
 
     vm: VirtualMachine | None = field(default=None, repr=False)
     vsock_address: str = ""
+    vsock_control_address: str = ""
 
     @property
     def address(self) -> str:
         return self.vsock_address
+
+    @property
+    def control_address(self) -> str:
+        """The guest's control listener (the image's default `--control-listen`, vsock port
+        5001) behind the same bridge."""
+        return self.vsock_control_address
 
     @property
     def running(self) -> bool:
@@ -124,6 +132,7 @@ class VMWorld(World):
         return VMEnclave(
             name, self.vm.qemu, self.vm.vsock_path, self.vm.qemu.pid, dict(self.measurements),
             False, vm=self.vm, vsock_address=f"vhost-vsock://{address_path}:{ENCLAVE_PORT}",
+            vsock_control_address=f"vhost-vsock://{address_path}:{CONTROL_PORT}",
         )  # fmt: skip
 
     def enclave_netns_command(self, argv: Sequence[str], pid: int | None = None) -> list[str]:

@@ -42,7 +42,8 @@ pytestmark = [
 ]
 # Inside the image: the world's run directory is mounted on /run.
 TEST_SETTINGS = ("kms_relay=unix:///run/kms-relay.sock", "ca_bundle=/run/kms-ca.pem",
-                 "listen=unix:///run/image-enclave.sock")  # fmt: skip
+                 "listen=unix:///run/image-enclave.sock",
+                 "control_listen=unix:///run/image-enclave.ctl")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,8 @@ def start_image_enclave(world: World, built: Path, root: Path) -> ManagedProcess
     run_dir = world.run_dir
     shutil.copy(world.kms_ca_path, run_dir / "kms-ca.pem")
     shutil.copy(preload_library_path(), run_dir / "nsm-preload.so")
-    (run_dir / "image-enclave.sock").unlink(missing_ok=True)
+    for name in ("image-enclave.sock", "image-enclave.ctl"):
+        (run_dir / name).unlink(missing_ok=True)
     launcher = world.workdir / "image-launcher.sh"
     launcher.write_text(LAUNCHER)
     info = manifest(built)
