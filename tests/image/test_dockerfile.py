@@ -82,7 +82,7 @@ def test_hadolint_is_clean() -> None:
 def test_hadolint_would_catch_a_bad_dockerfile(tmp_path: Path) -> None:
     hadolint = Path(sys.executable).parent / "hadolint"
     bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM python:latest\nRUN pip install boto3\nCMD python -m enclave\n")
+    bad.write_text("FROM python:latest\nRUN pip install boto3\nCMD python -m nitrokms.enclave\n")
     result = subprocess.run(
         [str(hadolint), "--no-color", str(bad)], capture_output=True, text=True, timeout=60,
         check=False,
