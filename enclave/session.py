@@ -451,14 +451,14 @@ class _Call:
     def begin(self) -> None:
         session = self.session
         timeout_s = session.limits.request_timeout_s
+        deadline = time.monotonic() + timeout_s
         try:
-            job = session.server.schedule(session, self.request.body, time.monotonic() + timeout_s)
+            self.job = session.server.schedule(session, self.request.body, deadline, self._complete)
         except Exception as exc:
             self._answer(None, *internal(self.request, exc))
             return
-        self.job = job
-        self.timer = session.loop.call_later(timeout_s, self._expire)
-        job.add_done_callback(self._complete)
+        if not self.answered:  # a job refused at once (past its deadline) is answered already
+            self.timer = session.loop.call_later(timeout_s, self._expire)
 
     def cancel(self) -> None:
         """Abandon the request without a reply."""
