@@ -161,7 +161,9 @@ def run(a: Side, b: Side, rounds: int, calls: int, c16: bool = False) -> dict[st
               enclave_args=["--log-level", "WARNING"]) as world,
     ):  # fmt: skip
         for side in (a, b):
-            tree = import_tree(side.ref, Path(tmp)) if side.ref != WORKTREE else None
+            workdir = Path(tmp) / side.label  # the same ref may be on both sides (an A/A run)
+            workdir.mkdir()
+            tree = import_tree(side.ref, workdir) if side.ref != WORKTREE else None
             with _pythonpath(tree):
                 side.enclave = world.spawn_enclave(
                     f"ab-{side.label}", extra_args=["--log-level", "WARNING", *side.args]
