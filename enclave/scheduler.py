@@ -17,7 +17,12 @@ starved a fifth connection's purely local Seal for 30 s. So:
 - **Deadlines.** A job whose deadline passes while it waits never starts; a running job runs
   under `deadlines.bounded`, so its KMS calls stop retrying past the deadline.
 
-All bookkeeping happens on the event loop; threads only run `fn(arg)`.
+All bookkeeping happens on the event loop; threads only run `fn(arg)` and post the outcome back
+with one `call_soon_threadsafe`. A lane hands a job to a thread only when one is free for it, so
+its threads need no queue discipline of their own: they are plain threads on a SimpleQueue
+(concurrent.futures' executor added a Future, a condition and a semaphore per job), started as
+the lane first needs them. A requester may pass `on_done`, called on the loop as soon as the
+job's future is resolved (no extra loop iteration, as a done-callback would take).
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -59,7 +65,22 @@ class _Job(Generic[A, R]):
     deadline: float | None
     label: str
     result: asyncio.Future[R]
+    on_done: Callable[[asyncio.Future[R]], None] | None = None
     started: bool = field(default=False)
+
+    def resolve(self, result: Any = None, exc: BaseException | None = None) -> None:
+        """Settle the future (unless the requester cancelled it) and tell `on_done`."""
+        if self.result.done():
+            return
+        if exc is not None:
+            self.result.set_exception(exc)
+        else:
+            self.result.set_result(result)
+        if self.on_done is not None:
+            self.on_done(self.result)
+
+
+_Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
 
 
 class Lane(Generic[A, R]):
@@ -68,7 +89,11 @@ class Lane(Generic[A, R]):
     def __init__(self, name: str, limits: LaneLimits) -> None:
         self.name = name
         self.limits = limits
-        self._executor = ThreadPoolExecutor(limits.workers, thread_name_prefix=f"enclave-{name}")
+        self._jobs: queue.SimpleQueue[tuple[_Job[A, R], asyncio.AbstractEventLoop] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads: list[threading.Thread] = []
+        self._closed = False
         self._waiting: dict[Hashable, deque[_Job[A, R]]] = {}  # insertion order: whose turn
         self._priority: set[Hashable] = set()
         self._busy: Counter[Hashable] = Counter()
@@ -90,11 +115,14 @@ class Lane(Generic[A, R]):
         deadline: float | None = None,
         priority: bool = False,
         label: str = "",
+        on_done: Callable[[asyncio.Future[R]], None] | None = None,
     ) -> asyncio.Future[R]:
-        """Queue `fn(arg)`; the future resolves with its result or exception. Cancelling the
-        future removes a job that has not started (a started one runs on, its result dropped)."""
+        """Queue `fn(arg)`; the future resolves with its result or exception, and `on_done`
+        (if given) is called with it right then, on the loop. Cancelling the future removes a
+        job that has not started (a started one runs on, its result dropped, `on_done` not
+        called)."""
         result: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        job = _Job(owner, fn, arg, deadline, label, result)
+        job = _Job(owner, fn, arg, deadline, label, result, on_done)
         if priority:
             self._priority.add(owner)
         self._waiting.setdefault(owner, deque()).append(job)
@@ -110,9 +138,13 @@ class Lane(Generic[A, R]):
         self._priority.clear()
         for job in waiting:
             job.started = True
-            if not job.result.done():
-                job.result.set_exception(LaneClosedError(f"the {self.name} lane shut down"))
-        self._executor.shutdown(wait=False, cancel_futures=True)
+            job.resolve(exc=LaneClosedError(f"the {self.name} lane shut down"))
+        self._closed = True
+        with contextlib.suppress(queue.Empty):  # handed to a thread that has not taken it yet
+            while (item := self._jobs.get_nowait()) is not None:
+                self._finished(item[0], (False, None))
+        for _ in self._threads:
+            self._jobs.put(None)  # each thread ends once its current job is done
 
     def _forget(self, job: _Job[A, R]) -> None:
         """A cancelled job that has not started leaves the queue at once."""
@@ -165,35 +197,47 @@ class Lane(Generic[A, R]):
         if job.result.done():  # cancelled by its requester a moment ago
             return
         if job.deadline is not None and time.monotonic() >= job.deadline:
-            job.result.set_exception(DeadlineExceededError(f"{job.label} waited past its deadline"))
+            job.resolve(exc=DeadlineExceededError(f"{job.label} waited past its deadline"))
+            return
+        if self._closed:
+            job.resolve(exc=LaneClosedError(f"the {self.name} lane shut down"))
             return
         self.busy += 1
         self._busy[job.owner] += 1
-        future = self._executor.submit(_run, job.fn, job.arg, job.deadline)
-        loop = asyncio.get_running_loop()
+        self._jobs.put((job, asyncio.get_running_loop()))
+        if len(self._threads) < self.busy:  # every started job has a thread of its own
+            thread = threading.Thread(
+                target=self._work, name=f"enclave-{self.name}_{len(self._threads)}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
-        def done(finished: Future[R]) -> None:  # in the worker thread
-            if not loop.is_closed():
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    loop.call_soon_threadsafe(self._finished, job, finished)
+    def _work(self) -> None:
+        """A lane thread: run jobs until the lane shuts down."""
+        while (item := self._jobs.get()) is not None:
+            job, loop = item
+            try:
+                outcome: _Outcome = (True, _run(job.fn, job.arg, job.deadline))
+            except BaseException as exc:  # handed to the requester, as an executor does
+                outcome = (False, exc)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._finished, job, outcome)
+            del item, job, outcome  # no reference to the last result while waiting
 
-        future.add_done_callback(done)
-
-    def _finished(self, job: _Job[A, R], future: Future[R]) -> None:
+    def _finished(self, job: _Job[A, R], outcome: _Outcome) -> None:
+        """On the loop: `outcome` of a job (`(False, None)`: the lane shut down first)."""
         self.busy -= 1
         self._busy[job.owner] -= 1
         if not self._busy[job.owner]:
             del self._busy[job.owner]
-        exc = None if future.cancelled() else future.exception()
-        if isinstance(exc, DeadlineExceededError):
-            log.info("%s stopped past its deadline (%s lane): %s", job.label, self.name, exc)
-        if not job.result.done():
-            if future.cancelled():
-                job.result.set_exception(LaneClosedError(f"the {self.name} lane shut down"))
-            elif exc is not None:
-                job.result.set_exception(exc)
-            else:
-                job.result.set_result(future.result())
+        ok, value = outcome
+        if ok:
+            job.resolve(value)
+        else:
+            exc = value or LaneClosedError(f"the {self.name} lane shut down")
+            if isinstance(exc, DeadlineExceededError):
+                log.info("%s stopped past its deadline (%s lane): %s", job.label, self.name, exc)
+            job.resolve(exc=exc)
         self._dispatch()
 
 

@@ -196,11 +196,18 @@ class RPCServer:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
-    def schedule(self, session: Session, body: Body, deadline: float) -> asyncio.Future[Body]:
-        """Queue `handler(body)` in its lane, in `session`'s share, until `deadline`."""
+    def schedule(
+        self,
+        session: Session,
+        body: Body,
+        deadline: float,
+        on_done: Callable[[asyncio.Future[Body]], None] | None = None,
+    ) -> asyncio.Future[Body]:
+        """Queue `handler(body)` in its lane, in `session`'s share, until `deadline`; `on_done`
+        is called on the loop as soon as the result is in (Lane.submit)."""
         return self.scheduler.submit(
             self.lane_of(body), session, self.handler, body,
-            deadline=deadline, priority=session.priority, label=body.operation,
+            deadline=deadline, priority=session.priority, label=body.operation, on_done=on_done,
         )  # fmt: skip
 
     async def shutdown(self) -> None:

@@ -1,8 +1,10 @@
 """One RPC connection of the enclave service: read, decode, schedule, reply, within a budget.
 
-A read loop feeds a sans-I/O `ServerConnection`; each request runs as its own task, which waits for
-its result from the scheduler and writes the reply when it comes, in any order. A reply is one
-synchronous `transport.write`, so frames never interleave and no reply waits behind another.
+A read loop feeds a sans-I/O `ServerConnection`; each request goes to the scheduler as soon as its
+frame is decoded, and its reply is written when the result comes, in any order, from a callback
+on the loop (a `_Call`: no task per request, so no extra loop iteration before the job starts
+or after it ends). A reply is one synchronous `transport.write`, so frames never interleave and
+no reply waits behind another.
 
 Memory. Everything held for a connection is counted: the frame being read, requests running
 (each charged its frame's bytes) and replies the peer has not taken yet (the transport's write
@@ -80,7 +82,7 @@ class Session:
         self.transport = writer.transport
         self.operations = operations  # None: all; else the only ones served (control listener)
         self.state = ServerConnection(self.limits.max_frame_bytes)
-        self.tasks: dict[asyncio.Task[None], Request] = {}
+        self.calls: dict[asyncio.Future[None], _Call] = {}  # by their `finished` futures
         self.in_flight = 0
         self.charged = 0  # bytes charged to requests not yet answered
         self.accounted = 0  # this session's share of the server's total
@@ -104,19 +106,19 @@ class Session:
         try:
             await self._read_loop()
             if not self.broken:  # after EOF a half-closed peer still gets its replies
-                await self._drain_tasks()
+                await self._drain_calls()
             await self._flush()
         except Exception:  # a bug here must not take the server down
             log.error("connection handler failed at %s", safe_traceback())
         finally:
-            self._cancel_tasks()
+            self._cancel_calls()
             self.writer.close()
             self.server.budget.release(self.accounted)
             self.accounted = 0
             self.closed.set()
 
     def abort(self) -> None:
-        self._cancel_tasks()
+        self._cancel_calls()
         if self.drainer is not None:
             self.drainer.cancel()
         self.transport.abort()
@@ -158,7 +160,7 @@ class Session:
         if held + need <= CONNECTION_RESERVE_BYTES:
             return None
         own = held + need > self.limits.connection_buffer_bytes
-        if own and (self.tasks or self.transport.get_write_buffer_size()):
+        if own and (self.calls or self.transport.get_write_buffer_size()):
             return self._wait_own
         budget = self.server.budget
         if budget.held + need > self.limits.total_buffer_bytes and budget.held > self.accounted:
@@ -221,7 +223,7 @@ class Session:
                 self.read_timeout = None
             if self.server.stopping():
                 return None
-            if not self.tasks:
+            if not self.calls:
                 self._send_error(None, None, TIMEOUT, "connection idle too long")
                 return None
             self.last_progress = self.loop.time()
@@ -276,18 +278,18 @@ class Session:
             f"{self.bad_requests} invalid requests on this connection; closing it",
         )  # fmt: skip
         self.broken = True
-        self._cancel_tasks()
+        self._cancel_calls()
         return False
 
     def _start(self, request: Request, charge: int) -> None:
         self.in_flight += 1
         self.charged += charge
-        task = self.loop.create_task(self._serve(request, charge))
-        self.tasks[task] = request
-        task.add_done_callback(self._task_done)
+        call = _Call(self, request, charge)
+        self.calls[call.finished] = call
+        call.begin()
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self.tasks.pop(task, None)
+    def _call_done(self, call: _Call) -> None:
+        self.calls.pop(call.finished, None)
         self.last_progress = self.loop.time()
 
     def _fail(self, exc: RemoteProtocolError) -> None:
@@ -295,18 +297,9 @@ class Session:
         log.info("closing a connection after a bad frame: %s", exc.code)
         self._write(self.state.send(error_reply_for(exc)))
         self.broken = True
-        self._cancel_tasks()
+        self._cancel_calls()
 
     # --- serving ---------------------------------------------------------------------------------
-
-    async def _serve(self, request: Request, charge: int) -> None:
-        try:
-            code, message, result = await self._outcome(request)
-        except asyncio.CancelledError:
-            self._settle(charge)
-            raise
-        self._settle(charge)
-        self._reply(request, result, code, message)
 
     def _settle(self, charge: int) -> None:
         """The request is answered (or abandoned): its slot and its charge are free again. The
@@ -314,29 +307,6 @@ class Session:
         self.in_flight -= 1
         self.charged -= charge
         self._notify()
-
-    async def _outcome(self, request: Request) -> tuple[str | None, str, Body | None]:
-        """Run the handler: (error code or None, error message, result or None)."""
-        code: str | None = None
-        message, result = "", None
-        timeout_s = self.limits.request_timeout_s
-        future = self.server.schedule(self, request.body, time.monotonic() + timeout_s)
-        timeout = asyncio.timeout(timeout_s)
-        try:
-            async with timeout:
-                result = await future  # a timeout cancels the job if it has not started
-        except TimeoutError as exc:
-            if not timeout.expired():  # the handler's own TimeoutError: a bug, like any other
-                code, message = internal(request, exc)
-            else:
-                code, message = TIMEOUT, f"{request.operation} did not finish within {timeout_s}s"
-        except DeadlineExceededError:
-            code, message = TIMEOUT, f"{request.operation} did not finish within {timeout_s}s"
-        except EnclaveError as exc:
-            code, message = exc.code, exc.message
-        except Exception as exc:
-            code, message = internal(request, exc)
-        return code, message, result
 
     def _reply(self, request: Request, result: Body | None, code: str | None, msg: str) -> None:
         try:
@@ -410,22 +380,22 @@ class Session:
 
     def _break(self) -> None:
         self.broken = True
-        self._cancel_tasks()
+        self._cancel_calls()
         self.transport.abort()
 
     # --- ending ----------------------------------------------------------------------------------
 
-    async def _drain_tasks(self) -> None:
+    async def _drain_calls(self) -> None:
         """After EOF: finish the requests in flight (a half-closed peer still reads replies),
         until the shutdown grace if shutting down, and only while the connection lives: once
         a reply finds the peer gone (it closed, not half-closed), the rest are cancelled, so a
         client cannot leave a backlog running for nobody by hanging up."""
-        if not self.tasks:
+        if not self.calls:
             return
         grace = self.limits.shutdown_grace_s if self.server.stopping() else None
         end = None if grace is None else self.loop.time() + grace
         lost = self.loop.create_task(self._connection_lost())
-        pending = set(self.tasks)
+        pending = set(self.calls)
         try:
             while pending and not lost.done():
                 timeout = None if end is None else max(0.0, end - self.loop.time())
@@ -438,12 +408,13 @@ class Session:
         finally:
             lost.cancel()
         if lost.done() and not lost.cancelled():
-            self._cancel_tasks()
+            self._cancel_calls()
             return
-        for task in pending:
-            request = self.tasks.get(task)
-            task.cancel()
-            if request is not None:
+        for finished in pending:
+            call = self.calls.get(finished)
+            if call is not None:
+                call.cancel()
+                request = call.request
                 self._send_error(
                     request.id, request.operation, SHUTTING_DOWN, "the enclave is shutting down"
                 )
@@ -452,9 +423,93 @@ class Session:
         with contextlib.suppress(Exception):  # how it was lost does not matter here
             await self.writer.wait_closed()
 
-    def _cancel_tasks(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
+    def _cancel_calls(self) -> None:
+        for call in list(self.calls.values()):
+            call.cancel()
+
+
+class _Call:
+    """One request from its frame to its reply, driven by callbacks on the loop.
+
+    `begin` queues the handler in the scheduler and arms the request timeout; whichever comes
+    first, the result (`_complete`), the timeout (`_expire`) or a cancellation (`cancel`: the
+    connection ended or the service is stopping), answers the request, and the others then do
+    nothing. A timeout or a cancellation takes a job that has not started out of its queue; one
+    that has started runs on and its result is dropped. `finished` resolves (or is cancelled)
+    once the request is answered or abandoned.
+    """
+
+    __slots__ = ("answered", "charge", "finished", "job", "request", "session", "timer")
+
+    def __init__(self, session: Session, request: Request, charge: int) -> None:
+        self.session, self.request, self.charge = session, request, charge
+        self.finished: asyncio.Future[None] = session.loop.create_future()
+        self.answered = False
+        self.job: asyncio.Future[Body] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def begin(self) -> None:
+        session = self.session
+        timeout_s = session.limits.request_timeout_s
+        deadline = time.monotonic() + timeout_s
+        try:
+            self.job = session.server.schedule(session, self.request.body, deadline, self._complete)
+        except Exception as exc:
+            self._answer(None, *internal(self.request, exc))
+            return
+        if not self.answered:  # a job refused at once (past its deadline) is answered already
+            self.timer = session.loop.call_later(timeout_s, self._expire)
+
+    def cancel(self) -> None:
+        """Abandon the request without a reply."""
+        if self.answered:
+            return
+        self._close()
+        self.session._settle(self.charge)
+        self.session._call_done(self)
+        self.finished.cancel()
+
+    def _close(self) -> None:
+        self.answered = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.job is not None and not self.job.done():
+            self.job.cancel()  # a queued job leaves the queue; a started one runs on
+
+    def _expire(self) -> None:
+        if not self.answered:
+            timeout_s = self.session.limits.request_timeout_s
+            message = f"{self.request.operation} did not finish within {timeout_s}s"
+            self._answer(None, TIMEOUT, message)
+
+    def _complete(self, job: asyncio.Future[Body]) -> None:
+        if self.answered:
+            return
+        code: str | None = None
+        message, result = "", None
+        try:
+            result = job.result()
+        except DeadlineExceededError:
+            timeout_s = self.session.limits.request_timeout_s
+            code, message = TIMEOUT, f"{self.request.operation} did not finish within {timeout_s}s"
+        except EnclaveError as exc:
+            code, message = exc.code, exc.message
+        except (Exception, asyncio.CancelledError) as exc:
+            code, message = internal(self.request, exc)
+        self._answer(result, code, message)
+
+    def _answer(self, result: Body | None, code: str | None, message: str) -> None:
+        self._close()
+        session = self.session
+        try:
+            session._settle(self.charge)
+            session._reply(self.request, result, code, message)
+        except Exception:  # a bug here must not take the loop's callback machinery down
+            log.error("replying failed at %s", safe_traceback())
+        finally:
+            session._call_done(self)
+            if not self.finished.done():
+                self.finished.set_result(None)
 
 
 def internal(request: Request, exc: BaseException) -> tuple[str, str]:

@@ -13,7 +13,6 @@ bad message built on this side raises LocalProtocolError.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -71,10 +70,10 @@ class Body(schema.Record):
 
     def to_body(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
+        for name, _, _ in schema.kinds_of(type(self)):
+            value = getattr(self, name)
             if value is not None:
-                out[f.name] = list(value) if isinstance(value, tuple) else value
+                out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
     @classmethod
@@ -82,13 +81,14 @@ class Body(schema.Record):
         """Build from a decoded CBOR map. Raises LocalProtocolError naming the bad field."""
         if not isinstance(body, Mapping):
             raise LocalProtocolError("message body must be a map", code=INVALID_FIELD)
-        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = [k for k in body if k not in fields]
+        kinds = schema.kinds_of(cls)
+        names = {name for name, _, _ in kinds}
+        unknown = [k for k in body if k not in names]
         if unknown:
             raise LocalProtocolError(
                 f"unknown field {str(unknown[0])[:64]!r} in {cls.operation}", code=INVALID_FIELD
             )
-        missing = [n for n, f in fields.items() if f.default is not None and n not in body]
+        missing = [name for name, _, optional in kinds if not optional and name not in body]
         if missing:
             raise LocalProtocolError(
                 f"missing field {missing[0]!r} in {cls.operation}", code=INVALID_FIELD

@@ -150,16 +150,31 @@ def kind_field(kind: Kind, *, secret: bool = False, optional: bool = False) -> A
     return dataclasses.field(repr=not secret, metadata={"kind": kind})
 
 
+_KINDS: dict[type, tuple[tuple[str, Kind, bool], ...]] = {}
+
+
+def kinds_of(cls: type) -> tuple[tuple[str, Kind, bool], ...]:
+    """(name, kind, optional) of each field of the Record class `cls`, computed once per class
+    (`dataclasses.fields` builds a tuple per call, and a message is checked on every send and
+    receive)."""
+    kinds = _KINDS.get(cls)
+    if kinds is None:
+        kinds = _KINDS[cls] = tuple(
+            (f.name, f.metadata["kind"], f.default is None) for f in dataclasses.fields(cls)
+        )
+    return kinds
+
+
 class Record:
     """Base of frozen dataclasses made of `kind_field`s: every field is checked (and normalised,
     e.g. a list to a tuple) at construction, then `_check` applies the cross-field rules."""
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if value is None and f.default is None:
+        for name, kind, optional in kinds_of(type(self)):
+            value = getattr(self, name)
+            if value is None and optional:
                 continue
-            object.__setattr__(self, f.name, f.metadata["kind"].check(f.name, value))
+            object.__setattr__(self, name, kind.check(name, value))
         self._check()
 
     def _check(self) -> None:

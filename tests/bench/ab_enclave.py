@@ -10,7 +10,8 @@ parent-side `AsyncEnclaveClient` per enclave drives attested GenerateDataKey cal
 rounds ordered A B B A A B ..., so both sides see the same load drift. Per side it reports what
 `bench_e2e` reports (latency; overhead = each call minus the KMS's logged handler time for that
 call; the ratio of the two medians) plus CPU milliseconds per call of the enclave service, its
-`nsm run` (the simulated NSM), the KMS and the relay, from /proc over the rounds; with `--c16`,
+`nsm run` (the simulated NSM), the KMS and the relay, from /proc over the rounds, and of the
+client (this process's thread running the calls); with `--c16`,
 also throughput at concurrency 16 (interleaved the same way).
 """
 
@@ -39,7 +40,7 @@ from tests.bench.common import percentile
 from tests.bench.trees import WORKTREE, commit_of, import_tree
 
 WARMUP = 30
-PROCESSES = ("enclave", "nsm", "kms", "relay")
+PROCESSES = ("enclave", "nsm", "kms", "relay", "client")  # client: this process's loop thread
 
 
 @dataclass
@@ -111,12 +112,14 @@ async def _round(world: World, side: Side, key: str, calls: int) -> None:
     pids = _pids(world, side)
     mark = kms.mark()
     before = {name: _cpu_s(pid) for name, pid in pids.items()}
+    client_before = time.thread_time()
     samples = []
     async with AsyncEnclaveClient(side.address) as client:
         for _ in range(calls):
             started = time.perf_counter()
             await client.generate_data_key(key)
             samples.append(time.perf_counter() - started)
+    side.cpu_s["client"] += time.thread_time() - client_before
     for name, pid in pids.items():
         side.cpu_s[name] += _cpu_s(pid) - before[name]
     inside = _server_times_s(world, mark, calls)
@@ -161,7 +164,9 @@ def run(a: Side, b: Side, rounds: int, calls: int, c16: bool = False) -> dict[st
               enclave_args=["--log-level", "WARNING"]) as world,
     ):  # fmt: skip
         for side in (a, b):
-            tree = import_tree(side.ref, Path(tmp)) if side.ref != WORKTREE else None
+            workdir = Path(tmp) / side.label  # the same ref may be on both sides (an A/A run)
+            workdir.mkdir()
+            tree = import_tree(side.ref, workdir) if side.ref != WORKTREE else None
             with _pythonpath(tree):
                 side.enclave = world.spawn_enclave(
                     f"ab-{side.label}", extra_args=["--log-level", "WARNING", *side.args]

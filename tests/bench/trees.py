@@ -7,6 +7,11 @@ folders are laid out as they install (enclave/ -> nitrokms/enclave, ...), the sa
 always the working tree's, so both sides of an A/B run against the same simulator. A child whose
 working directory is the repository root would import the repository's own `nitrokms/` first:
 run it elsewhere (World's processes run in its log directory).
+
+A commit from before the control listener (issue 15) has no `--control-listen`, which the
+working tree's launcher passes. Its tree gets an entry point (`nitrokms/enclave/__main__.py`)
+that drops the option and makes the control socket a symlink to the service socket, where that
+commit served the credential provider anyway; everything else is the commit's own code.
 """
 
 from __future__ import annotations
@@ -45,9 +50,44 @@ def import_tree(ref: str, workdir: Path) -> Path:
         if path.suffix == ".py":
             (package / path.name).symlink_to(path.resolve())
     for wing in WINGS:
-        (package / wing).symlink_to((source / wing).resolve())
+        if wing == "enclave" and not _has_control_listener(source):
+            _enclave_with_control_shim(source / wing, package / wing)
+        else:
+            (package / wing).symlink_to((source / wing).resolve())
     (package / "sim").symlink_to(REPO_ROOT / "sim")
     return top
+
+
+def _has_control_listener(source: Path) -> bool:
+    return "--control-listen" in (source / "enclave" / "config.py").read_text()
+
+
+_CONTROL_SHIM = """\
+# Written by tests/bench/trees.py: this commit predates --control-listen (see there).
+import os, runpy, sys
+
+argv = sys.argv[1:]
+if "--control-listen" in argv:
+    at = argv.index("--control-listen")
+    control = argv[at + 1].removeprefix("unix://")
+    listen = argv[argv.index("--listen") + 1].removeprefix("unix://")
+    del argv[at : at + 2]
+    if os.path.lexists(control):
+        os.unlink(control)
+    os.symlink(listen, control)
+sys.argv[1:] = argv
+runpy.run_path({main!r}, run_name="__main__")
+"""
+
+
+def _enclave_with_control_shim(source: Path, into: Path) -> None:
+    """`source`'s enclave package, linked file by file, with the shim as its entry point."""
+    into.mkdir()
+    for path in source.iterdir():
+        if path.name != "__main__.py":
+            (into / path.name).symlink_to(path.resolve())
+    main = (source / "__main__.py").resolve()
+    (into / "__main__.py").write_text(_CONTROL_SHIM.format(main=str(main)))
 
 
 def commit_of(ref: str) -> str:
