@@ -51,8 +51,13 @@ test: lint typecheck pytest
 demo: build
 	$(VENV)/bin/python -m nitrokms.sim demo
 
-# Every figure beside a baseline measured in the same run (BENCHMARKS.md); about five minutes.
+# A Debian tool a slow target needs and a fresh machine may lack: installed once, as root.
+debian_tool = command -v $(1) >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1); }
+
+# Every figure beside a baseline measured in the same run (BENCHMARKS.md); a few minutes.
+# socat is the relay's throughput baseline.
 bench: build
+	$(call debian_tool,socat)
 	$(VENV)/bin/python -m tests.bench --json out/bench.json
 
 # The long reliability runs (RELIABILITY.md): every `slow` test, e.g. 10,000 attested fetches at
@@ -78,7 +83,7 @@ vm-demo: build
 # The same flow as a test, under strace (no AF_VSOCK connect to this machine's CID 2) and with
 # every byte the bridge carried recorded and searched for the data key's plaintext.
 vm-test: build
-	command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace; }
+	$(call debian_tool,strace)
 	$(VENV)/bin/pytest -m slow tests/vm --timeout $(VM_TIMEOUT_S) $(PYTEST_ARGS)
 
 clean:

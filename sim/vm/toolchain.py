@@ -101,10 +101,15 @@ def debian_mirror() -> str:
     raise ToolchainError("no Debian archive in the apt sources; cannot fetch packages")
 
 
-def _run(step: str, argv: Sequence[str], timeout_s: float = INSTALL_TIMEOUT_S) -> str:
+def _run(
+    step: str,
+    argv: Sequence[str],
+    timeout_s: float = INSTALL_TIMEOUT_S,
+    env: dict[str, str] | None = None,
+) -> str:
     try:
         result = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=timeout_s, check=False
+            list(argv), capture_output=True, text=True, timeout=timeout_s, env=env, check=False
         )
     except subprocess.TimeoutExpired:
         raise ToolchainError(f"{step}: still running after {timeout_s:g} s") from None
@@ -128,9 +133,21 @@ def _say(message: str) -> None:
     print(f"vm toolchain: {message}", file=sys.stderr, flush=True)
 
 
+def _host_tool(step: str, program: str, package: str) -> None:
+    """Install `package` from the host's own apt sources when `program` is not on PATH (a fresh
+    machine has no mmdebstrap)."""
+    if shutil.which(program) is not None:
+        return
+    _say(f"{step}: {program} is not installed; apt-get install {package}")
+    quiet = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    _run(step, ["apt-get", "-qq", "update"], env=quiet)
+    _run(step, ["apt-get", "-qq", "-y", "install", package], env=quiet)
+
+
 def _mmdebstrap(step: str, target: Path, suite: str, packages: Sequence[str], variant: str) -> None:
     if (target.parent / f"{target.name}.ok").exists():
         return
+    _host_tool(step, "mmdebstrap", "mmdebstrap")
     shutil.rmtree(target, ignore_errors=True)
     _say(f"{step}: mmdebstrap {suite} ({', '.join(packages)})")
     started = time.monotonic()

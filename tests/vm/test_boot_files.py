@@ -89,3 +89,28 @@ def test_the_mirror_comes_from_the_apt_sources(
     monkeypatch.setattr(toolchain, "APT_SOURCES", (tmp_path / "none.list",))
     with pytest.raises(ToolchainError, match="no Debian archive"):
         toolchain.debian_mirror()
+
+
+def test_a_machine_without_mmdebstrap_gets_it_from_apt_before_the_chroot_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[list[str]] = []
+
+    def run(step: str, argv: list[str], timeout_s: float = 0, env: object = None) -> str:
+        ran.append(list(argv))
+        if argv[0] == "mmdebstrap":
+            (tmp_path / "chroot").mkdir()
+        return ""
+
+    monkeypatch.setattr(toolchain, "_run", run)
+    monkeypatch.setattr(toolchain, "debian_mirror", lambda: "http://example.invalid/debian")
+    monkeypatch.setattr("shutil.which", lambda program: None)
+    toolchain._mmdebstrap("toolchain", tmp_path / "chroot", "sid", ["qemu-system-x86"], "apt")
+    assert [argv[0] for argv in ran] == ["apt-get", "apt-get", "mmdebstrap"]
+    assert ran[0][-1] == "update"
+    assert ran[1][-2:] == ["install", "mmdebstrap"]
+    assert (tmp_path / "chroot.ok").exists()
+
+    ran.clear()  # installed and stamped: nothing runs again
+    toolchain._mmdebstrap("toolchain", tmp_path / "chroot", "sid", ["qemu-system-x86"], "apt")
+    assert ran == []
