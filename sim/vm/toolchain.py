@@ -133,21 +133,21 @@ def _say(message: str) -> None:
     print(f"vm toolchain: {message}", file=sys.stderr, flush=True)
 
 
-def _host_tool(step: str, program: str, package: str) -> None:
-    """Install `package` from the host's own apt sources when `program` is not on PATH (a fresh
-    machine has no mmdebstrap)."""
+def _host_tool(step: str, program: str) -> None:
+    """Install `program` (its Debian package has the same name) from the host's own apt sources
+    when it is not on PATH: a fresh machine has no mmdebstrap."""
     if shutil.which(program) is not None:
         return
-    _say(f"{step}: {program} is not installed; apt-get install {package}")
+    _say(f"{step}: {program} is not installed; apt-get install {program}")
     quiet = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     _run(step, ["apt-get", "-qq", "update"], env=quiet)
-    _run(step, ["apt-get", "-qq", "-y", "install", package], env=quiet)
+    _run(step, ["apt-get", "-qq", "-y", "install", program], env=quiet)
 
 
 def _mmdebstrap(step: str, target: Path, suite: str, packages: Sequence[str], variant: str) -> None:
     if (target.parent / f"{target.name}.ok").exists():
         return
-    _host_tool(step, "mmdebstrap", "mmdebstrap")
+    _host_tool(step, "mmdebstrap")
     shutil.rmtree(target, ignore_errors=True)
     _say(f"{step}: mmdebstrap {suite} ({', '.join(packages)})")
     started = time.monotonic()
